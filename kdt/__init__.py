@@ -1,0 +1,1 @@
+"""kdt: lottery tickets, rewinding and knowledge-distillation tickets in JAX/Flax."""

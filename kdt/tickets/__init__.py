@@ -1,0 +1,1 @@
+"""kdt.tickets."""
