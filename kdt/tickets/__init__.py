@@ -1,1 +1,1 @@
-"""kdt.tickets."""
+"""kdt.tickets: the IMP driver and the re-training recipes."""

@@ -1,0 +1,33 @@
+"""ResNet-20 on CIFAR-10, open_lth `cifar_resnet_20` defaults (METHODS.md §3.4a).
+
+Command:
+  python -m kdt.main --config configs/cifar10_resnet20.py --workdir /tmp/kdt_cifar10_resnet20 \
+      [--config.data.dir=/path/with/cifar-10-python.tar.gz]
+
+Recipe: batch 128, SGD momentum 0.9, lr 0.1, x0.1 at epochs 80 and 120, weight decay 1e-4,
+160 epochs (62,400 steps of 390); random crop (pad 4) + flip. 1x1-conv shortcuts (open_lth).
+Hardware: one accelerator (~30 min on a V100-class GPU; many hours on a 2-core CPU).
+Expected: ~91.7 % test accuracy (LMC Table 1, ResNet-20 standard).
+"""
+
+from kdt import config_lib
+
+CIFAR_TRAIN = 50_000
+
+
+def get_config():
+  config = config_lib.base_config("train")
+  config.model.name = "resnet20"
+  config.data.name = "cifar10"
+  config.train.batch_size = 128
+  config.train.num_steps = config_lib.epochs_to_steps(160, CIFAR_TRAIN, 128)
+  config.train.eval_batch_size = 1024
+  config.train.eval_every_steps = config_lib.epochs_to_steps(10, CIFAR_TRAIN, 128)
+  config.train.log_every_steps = 200
+  config.train.checkpoint_every_steps = 2000
+  config.optimizer.learning_rate = 0.1
+  config.optimizer.momentum = 0.9
+  config.optimizer.weight_decay = 1e-4
+  config.schedule.name = "step"
+  config.schedule.milestones = tuple(config_lib.epochs_to_steps(e, CIFAR_TRAIN, 128) for e in (80, 120))
+  return config

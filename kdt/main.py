@@ -1,0 +1,39 @@
+"""Command line: ``python -m kdt.main --config configs/<x>.py --workdir DIR [--config.a.b=v ...]``.
+
+A tiny shell over :func:`kdt.experiment.run`; Colab calls that function directly.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from kdt import config_lib
+from kdt import experiment
+from kdt.data import DatasetUnavailableError
+from kdt.train import loop
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, results and plots.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  loop.install_sigterm_handler()
+  try:
+    experiment.run(_CONFIG.value, _WORKDIR.value)
+  except (config_lib.ConfigError, experiment.WorkdirConfigMismatchError, DatasetUnavailableError,
+          loop.NonFiniteLossError) as e:
+    print(f"kdt: error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except loop.PreemptedError as e:
+    print(f"kdt: {e}", file=sys.stderr)
+    sys.exit(143)
+
+
+if __name__ == "__main__":
+  app.run(main)

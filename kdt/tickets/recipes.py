@@ -1,0 +1,111 @@
+"""The re-training recipes as data, and the pure weight reset.
+
+A recipe says, for the subnetwork found in a round, where its weights come from, which part of
+which learning-rate schedule it re-trains with, with which loss, and whose mask it uses:
+
+============== =================== ==================== ==== ================== ==========================
+recipe         weights             schedule             loss mask               source
+============== =================== ==================== ==== ================== ==========================
+lth            theta_0 (init)      full, steps 0..T     CE   own lineage        Frankle & Carbin 2019
+rewind         theta_k (dense)     steps k..T           CE   own lineage        Frankle et al. 2019/2020
+lr_rewind      theta_T (trained)   steps k..T replayed  CE   own lineage        Renda et al. 2020
+finetune       theta_T (trained)   constant small LR    CE   own lineage        Renda et al.; Liu et al.
+kd             theta_0             full                 KD   own lineage        Ma et al. 2021 (KD ticket)
+kd_rewind      theta_k             steps k..T           KD   own lineage        Ma et al. 2021
+kd_lr_rewind   theta_T             steps k..T replayed  KD   own lineage        combination
+random_reinit  fresh random init   full                 CE   control's mask     control (Frankle & Carbin)
+random_prune   as the control      as the control       CE   random, same per-  control (open_lth
+                                                              layer density      ``randomly_prune``)
+============== =================== ==================== ==== ================== ==========================
+
+"theta_T (trained)" is this recipe's own model from the previous round (the dense model in round 1).
+The *control* recipe of the two controls is ``config.imp.control_recipe`` (default ``lth``).
+
+Optimizer state: every re-training starts with a fresh optimizer state (zero momentum / Adam
+moments), as open_lth does when it starts a new pruning level and as Renda et al. do for
+rewinding and fine-tuning. BatchNorm statistics come with the weights (theta_0's, theta_k's or the
+trained model's).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from kdt.train.state import TrainState
+
+WEIGHT_SOURCES = ("init", "rewind", "trained", "random", "control")
+SCHEDULE_STARTS = ("full", "from_rewind", "finetune", "control")
+MASK_SOURCES = ("own", "control", "random_like_control")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """One re-training recipe.
+
+  Attributes:
+    name: the recipe's name in configs and results.
+    weights: ``init`` (theta_0), ``rewind`` (theta_k), ``trained`` (previous round's trained
+      weights), ``random`` (a fresh initialisation) or ``control`` (whatever the control recipe uses).
+    schedule: ``full`` (steps 0..T), ``from_rewind`` (steps k..T), ``finetune`` (constant LR for
+      the fine-tuning budget) or ``control``.
+    kd: whether the loss distils the teacher's soft labels.
+    mask: ``own`` (prunes its own lineage), ``control`` (the control recipe's mask) or
+      ``random_like_control`` (random mask with the control mask's per-layer density).
+  """
+
+  name: str
+  weights: str
+  schedule: str
+  kd: bool = False
+  mask: str = "own"
+
+  @property
+  def is_control(self) -> bool:
+    return self.mask != "own"
+
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in (
+    Recipe("lth", weights="init", schedule="full"),
+    Recipe("rewind", weights="rewind", schedule="from_rewind"),
+    Recipe("lr_rewind", weights="trained", schedule="from_rewind"),
+    Recipe("finetune", weights="trained", schedule="finetune"),
+    Recipe("kd", weights="init", schedule="full", kd=True),
+    Recipe("kd_rewind", weights="rewind", schedule="from_rewind", kd=True),
+    Recipe("kd_lr_rewind", weights="trained", schedule="from_rewind", kd=True),
+    Recipe("random_reinit", weights="random", schedule="full", mask="control"),
+    Recipe("random_prune", weights="control", schedule="control", mask="random_like_control"),
+)}
+
+
+def resolve(recipe: Recipe, control: Recipe) -> Recipe:
+  """Replaces ``control`` weight/schedule sources by the control recipe's own."""
+  return dataclasses.replace(
+      recipe,
+      weights=control.weights if recipe.weights == "control" else recipe.weights,
+      schedule=control.schedule if recipe.schedule == "control" else recipe.schedule,
+  )
+
+
+def reset_state(params: Any, batch_stats: Any, mask: Any, opt_state: Any, step: int) -> TrainState:
+  """The re-training start: ``mask * params`` with a fresh optimizer state, at schedule ``step``.
+
+  Pure. Unpruned entries are bit-identical to ``params`` (``jnp.where`` copies them), pruned ones
+  are exactly ``0.0``.
+
+  Args:
+    params: the source weights (theta_0, theta_k, trained or random).
+    batch_stats: BatchNorm statistics that come with them.
+    mask: bool pytree.
+    opt_state: a freshly initialised optimizer state.
+    step: the schedule position to start from (0, k, or 0 for fine-tuning).
+
+  Returns:
+    The :class:`TrainState` to re-train from.
+  """
+  masked = jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, mask)
+  return TrainState(step=jnp.asarray(step, jnp.int32), params=masked, batch_stats=batch_stats,
+                    opt_state=opt_state)

@@ -1,0 +1,138 @@
+"""Losses: cross-entropy (with label smoothing) and the knowledge-distillation loss.
+
+All functions are pure and jit-able. Logits are ``[batch, classes]``; labels are integer class ids.
+
+The KD loss follows the KD-ticket code (Ma et al. 2021, ``VITA-Group/KD-ticket``):
+
+.. math::
+
+   L = \\alpha T^2 \\, \\mathrm{KL}(\\mathrm{softmax}(z_t/T) \\,\\|\\, \\mathrm{softmax}(z_s/T))
+       + (1-\\alpha)\\, \\mathrm{CE}(z_s, y)
+
+with two KL reductions: ``"batchmean"`` (the true per-sample KL, KD-ticket ImageNet) and ``"mean"``
+(PyTorch's default ``nn.KLDivLoss()``, which averages over batch x classes and so carries an extra
+1/C, KD-ticket CIFAR).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+LABEL_SMOOTHING_CONVENTIONS = ("uniform", "off_target")
+KD_REDUCTIONS = ("batchmean", "mean")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """Static loss settings bound into the train step with ``functools.partial``.
+
+  Attributes:
+    label_smoothing: smoothing mass alpha in [0, 1).
+    label_smoothing_convention: ``"uniform"`` puts alpha/C on every class (Szegedy et al., RigL) and
+      1 - alpha + alpha/C on the target; ``"off_target"`` puts alpha/(C-1) on each wrong class and
+      1 - alpha on the target (ToST).
+    kd_alpha: weight of the distillation term (0.9 = 90 % KD, 10 % hard-label CE).
+    kd_temperature: softmax temperature T > 0 for teacher and student.
+    kd_reduction: ``"batchmean"`` or ``"mean"`` (see module docstring).
+    kd_stop_step: schedule step from which the loss is plain CE (KD-ticket ``--eskd``); -1 = never.
+  """
+
+  label_smoothing: float = 0.0
+  label_smoothing_convention: str = "uniform"
+  kd_alpha: float = 0.9
+  kd_temperature: float = 4.0
+  kd_reduction: str = "batchmean"
+  kd_stop_step: int = -1
+
+
+def smoothed_targets(labels: jax.Array, num_classes: int, label_smoothing: float,
+                     convention: str = "uniform") -> jax.Array:
+  """Target distribution for (label-smoothed) cross-entropy.
+
+  Args:
+    labels: ``[batch]`` integer class ids.
+    num_classes: number of classes C.
+    label_smoothing: smoothing mass alpha.
+    convention: ``"uniform"`` (alpha/C everywhere) or ``"off_target"`` (alpha/(C-1) off target).
+
+  Returns:
+    ``[batch, C]`` float32 targets, each row summing to 1.
+  """
+  one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  if convention == "uniform":
+    return one_hot * (1.0 - label_smoothing) + label_smoothing / num_classes
+  if convention == "off_target":
+    return one_hot * (1.0 - label_smoothing) + (1.0 - one_hot) * label_smoothing / (num_classes - 1)
+  raise ValueError(f"label_smoothing_convention={convention!r}; allowed: {LABEL_SMOOTHING_CONVENTIONS}")
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, *, label_smoothing: float = 0.0,
+                  convention: str = "uniform") -> jax.Array:
+  """Mean cross-entropy :math:`-\\frac1B\\sum_i \\sum_c q_{ic} \\log \\mathrm{softmax}(z_i)_c`.
+
+  Args:
+    logits: ``[batch, C]``.
+    labels: ``[batch]`` integer class ids.
+    label_smoothing: smoothing mass alpha (0 = plain CE).
+    convention: label-smoothing convention, see :func:`smoothed_targets`.
+
+  Returns:
+    Scalar float32 loss.
+  """
+  logits = logits.astype(jnp.float32)
+  log_probs = jax.nn.log_softmax(logits)
+  if label_smoothing == 0.0:
+    return -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], axis=-1))
+  targets = smoothed_targets(labels, logits.shape[-1], label_smoothing, convention)
+  return -jnp.mean(jnp.sum(targets * log_probs, axis=-1))
+
+
+def kl_divergence(student_logits: jax.Array, teacher_logits: jax.Array, *, temperature: float,
+                  reduction: str = "batchmean") -> jax.Array:
+  """KL(softmax(z_t/T) || softmax(z_s/T)) with PyTorch's ``KLDivLoss`` reductions.
+
+  Args:
+    student_logits: ``[batch, C]``.
+    teacher_logits: ``[batch, C]`` (treated as constants: no gradient flows into the teacher).
+    temperature: T > 0.
+    reduction: ``"batchmean"`` divides the summed KL by the batch size; ``"mean"`` by batch x C.
+
+  Returns:
+    Scalar float32 KL (without the T^2 factor).
+  """
+  teacher_logits = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32))
+  student_log_probs = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature)
+  teacher_log_probs = jax.nn.log_softmax(teacher_logits / temperature)
+  teacher_probs = jnp.exp(teacher_log_probs)
+  pointwise = teacher_probs * (teacher_log_probs - student_log_probs)
+  if reduction == "batchmean":
+    return jnp.sum(pointwise) / student_logits.shape[0]
+  if reduction == "mean":
+    return jnp.mean(pointwise)
+  raise ValueError(f"kd_reduction={reduction!r}; allowed: {KD_REDUCTIONS}")
+
+
+def kd_loss(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.Array, *,
+            alpha: float, temperature: float, reduction: str = "batchmean",
+            label_smoothing: float = 0.0, convention: str = "uniform") -> jax.Array:
+  """Distillation loss alpha * T^2 * KL + (1 - alpha) * CE (KD ticket, Ma et al. 2021).
+
+  Args:
+    student_logits: ``[batch, C]``.
+    teacher_logits: ``[batch, C]`` from the frozen teacher on the same (augmented) batch.
+    labels: ``[batch]`` integer class ids.
+    alpha: weight of the KD term in [0, 1].
+    temperature: T > 0.
+    reduction: KL reduction, ``"batchmean"`` or ``"mean"``.
+    label_smoothing: smoothing of the hard-label CE term.
+    convention: label-smoothing convention.
+
+  Returns:
+    Scalar float32 loss.
+  """
+  kl = kl_divergence(student_logits, teacher_logits, temperature=temperature, reduction=reduction)
+  ce = cross_entropy(student_logits, labels, label_smoothing=label_smoothing, convention=convention)
+  return alpha * temperature**2 * kl + (1.0 - alpha) * ce

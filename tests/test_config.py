@@ -1,0 +1,109 @@
+"""Config files load and validate; bad fields fail before compute, naming the field."""
+
+import glob
+import importlib.util
+import os
+
+import ml_collections
+import pytest
+
+from kdt import config_lib
+
+
+class _Attr:
+  """Attribute access over nested plain dicts, so BAD rows read like config code."""
+
+  def __init__(self, tree):
+    object.__setattr__(self, "_tree", tree)
+
+  def __getattr__(self, name):
+    return _Attr(self._tree[name])
+
+  def __setitem__(self, key, value):
+    self._tree[key] = value
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_FILES = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
+
+
+def load(path):
+  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def test_there_are_configs():
+  names = {os.path.basename(p) for p in CONFIG_FILES}
+  assert {"quickstart.py", "mnist_lenet_300_100.py", "cifar10_resnet20.py", "cifar10_vgg16.py",
+          "cifar10_resnet110_kd_ticket.py", "imagenet_resnet50.py"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
+def test_every_config_validates(path):
+  config = load(path)
+  config_lib.validate(config, device_count=8 if config.train.batch_size % 8 == 0 else 1)
+  module_doc = open(path, encoding="utf-8").read()
+  assert "python -m kdt.main --config configs/" in module_doc, "docstring must give the command"
+  assert "Expected" in module_doc, "docstring must give the expected result"
+
+
+def _quickstart():
+  return load(os.path.join(REPO, "configs", "quickstart.py"))
+
+
+BAD = [
+    ("unknown top-level key", lambda c: c.__setitem__("learning_rate", 0.1), "learning_rate"),
+    ("unknown nested key", lambda c: c.train.__setitem__("num_step", 5), "train.num_step"),
+    ("wrong type", lambda c: c.train.__setitem__("batch_size", "64"), "train.batch_size"),
+    ("float for int", lambda c: c.train.__setitem__("num_steps", 10.5), "train.num_steps"),
+    ("unknown model", lambda c: c.model.__setitem__("name", "resnet21"), "model.name"),
+    ("unknown dataset", lambda c: c.data.__setitem__("name", "cifar11"), "data.name"),
+    ("model/data mismatch", lambda c: (c.model.__setitem__("name", "oresnet110")), "model.name"),
+    ("unknown activation", lambda c: c.model.__setitem__("activation", "relu7"), "model.activation"),
+    ("negative lr", lambda c: c.optimizer.__setitem__("learning_rate", -0.1), "optimizer.learning_rate"),
+    ("momentum >= 1", lambda c: c.optimizer.__setitem__("momentum", 1.0), "optimizer.momentum"),
+    ("unknown optimizer", lambda c: c.optimizer.__setitem__("name", "lamb"), "optimizer.name"),
+    ("unknown schedule", lambda c: c.schedule.__setitem__("name", "poly"), "schedule.name"),
+    ("milestone past end", lambda c: c.schedule.__setitem__("milestones", (10_000,)), "schedule.milestones"),
+    ("unsorted milestones", lambda c: c.schedule.__setitem__("milestones", (300, 200)), "schedule.milestones"),
+    ("kd alpha > 1", lambda c: c.loss.__setitem__("kd_alpha", 1.5), "loss.kd_alpha"),
+    ("kd temperature 0", lambda c: c.loss.__setitem__("kd_temperature", 0.0), "loss.kd_temperature"),
+    ("kd reduction", lambda c: c.loss.__setitem__("kd_reduction", "sum"), "loss.kd_reduction"),
+    ("label smoothing 1", lambda c: c.loss.__setitem__("label_smoothing", 1.0), "loss.label_smoothing"),
+    ("batch > dataset", lambda c: c.train.__setitem__("batch_size", 4096), "train.batch_size"),
+    ("val_size too big", lambda c: c.data.__setitem__("val_size", 5000), "data.val_size"),
+    ("pinned past end", lambda c: c.train.__setitem__("pinned_steps", (5, 10_000)), "train.pinned_steps"),
+    ("unknown augment", lambda c: c.data.__setitem__("augment", "mixup"), "data.augment"),
+    ("unknown experiment", lambda c: c.__setitem__("experiment", "lottery"), "experiment"),
+    ("negative seed", lambda c: c.seeds.__setitem__("init", -1), "seeds.init"),
+]
+
+
+@pytest.mark.parametrize("name,mutate,field", BAD, ids=[b[0] for b in BAD])
+def test_bad_config_names_the_field(name, mutate, field):
+  # Mutate the plain dict, as a hand-written config file could (ConfigDict itself type-checks).
+  tree = config_lib.to_dict(_quickstart())
+  mutate(_Attr(tree))
+  config = ml_collections.ConfigDict(tree)
+  with pytest.raises(config_lib.ConfigError) as info:
+    config_lib.validate(config, device_count=1)
+  assert info.value.field == field, str(info.value)
+  assert f"config.{field}=" in str(info.value)
+  assert "allowed" in str(info.value)
+
+
+def test_batch_not_divisible_by_devices():
+  config = _quickstart()
+  config.train.batch_size = 60
+  with pytest.raises(config_lib.ConfigError, match=r"train.batch_size=60 .*multiple of the device count \(8\)"):
+    config_lib.validate(config, device_count=8)
+
+
+def test_diff_lists_changed_fields():
+  a = config_lib.to_dict(_quickstart())
+  c = _quickstart()
+  c.train.num_steps = 7
+  c.model.activation = "swish"
+  assert config_lib.diff(a, config_lib.to_dict(c)) == [
+      "model.activation: 'relu' -> 'swish'", "train.num_steps: 600 -> 7"]

@@ -1,0 +1,114 @@
+"""The training loop: resume after a crash or SIGTERM gives the same weights; finished runs are kept."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from kdt import experiment
+from kdt.train import loop
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(num_steps=30):
+  sys.path.insert(0, os.path.join(REPO, "configs"))
+  import quickstart  # pylint: disable=import-outside-toplevel
+  config = quickstart.get_config()
+  config.train.num_steps = num_steps
+  config.train.batch_size = 32
+  config.train.checkpoint_every_steps = 10
+  config.train.eval_every_steps = 15
+  config.train.log_every_steps = 5
+  config.schedule.milestones = (20,)
+  return config
+
+
+def _train(config, workdir, dataset=None):
+  dataset = dataset or experiment.load_data(config)
+  model = experiment.build_model(config, dataset.info)
+  trainer = experiment.make_trainer(config, workdir, dataset, model, experiment.parallel.make_mesh())
+  run = experiment.dense_run(config, workdir, model)
+  return trainer, trainer.train(run)
+
+
+class _CrashAt:
+  """Wraps a dataset; raises (like a killed process) when asked for the batch of ``step``."""
+
+  def __init__(self, dataset, step, action):
+    self._dataset, self._step, self._action = dataset, step, action
+
+  def __getattr__(self, name):
+    return getattr(self._dataset, name)
+
+  def train_batch(self, step, *args, **kwargs):
+    if step == self._step:
+      self._action()
+    return self._dataset.train_batch(step, *args, **kwargs)
+
+
+def _crash():
+  raise KeyboardInterrupt("simulated kill")
+
+
+def _assert_same_params(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_resume_after_crash_gives_identical_weights(tmp_path):
+  config = _config()
+  _, reference = _train(config, str(tmp_path / "ref"))
+
+  workdir = str(tmp_path / "crashed")
+  dataset = experiment.load_data(config)
+  with pytest.raises(KeyboardInterrupt):
+    _train(config, workdir, _CrashAt(dataset, 25, _crash))
+  assert sorted(os.listdir(os.path.join(workdir, "dense"))) == ["0", "10", "20"]
+  trainer, resumed = _train(config, workdir, dataset)
+  _assert_same_params(reference.state.params, resumed.state.params)
+  assert resumed.meta["history"] == reference.meta["history"]
+  # 20 steps before the crash were checkpointed; the resumed run trained only the last 10.
+  assert resumed.meta["steps_trained"] == 30
+  assert all(count == 1 for count in trainer.trace_counts.values())
+
+
+def test_sigterm_checkpoints_the_current_step(tmp_path):
+  config = _config()
+  _, reference = _train(config, str(tmp_path / "ref"))
+  workdir = str(tmp_path / "preempted")
+  dataset = experiment.load_data(config)
+  try:
+    with pytest.raises(loop.PreemptedError, match="step 13"):
+      _train(config, workdir, _CrashAt(dataset, 12, loop._STOP_REQUESTED.set))
+  finally:
+    loop._STOP_REQUESTED.clear()
+  assert "13" in os.listdir(os.path.join(workdir, "dense"))
+  _, resumed = _train(config, workdir, dataset)
+  _assert_same_params(reference.state.params, resumed.state.params)
+
+
+def test_non_finite_loss_stops_naming_the_step(tmp_path):
+  config = _config()
+  config.optimizer.learning_rate = 1e6
+  config.optimizer.momentum = 0.0
+  with pytest.raises(loop.NonFiniteLossError, match=r"non-finite loss .* at step \d+"):
+    _train(config, str(tmp_path / "nan"))
+
+
+def test_main_twice_does_not_retrain(tmp_path):
+  workdir = str(tmp_path / "w")
+  cmd = [sys.executable, "-m", "kdt.main", "--config", os.path.join(REPO, "configs/quickstart.py"),
+         "--workdir", workdir, "--config.train.num_steps=40", "--config.schedule.milestones=(20,)"]
+  first = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=True)
+  assert "test accuracy" in first.stdout
+  second = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=True)
+  assert "already finished at step 40" in second.stdout
+  assert "step 10/40" not in second.stdout
+  bad = subprocess.run(cmd[:-1] + ["--config.schedule.milestones=(30,)"], capture_output=True,
+                       text=True, cwd=REPO)
+  assert bad.returncode == 2
+  assert "schedule.milestones" in bad.stderr
