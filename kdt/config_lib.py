@@ -18,8 +18,8 @@ from typing import Any
 
 import ml_collections
 
-EXPERIMENTS = ("train",)
-AUGMENTATIONS = ("default", "none", "flip", "crop_flip")
+EXPERIMENTS = ("train", "imp")
+AUGMENTATIONS = ("default", "none", "flip", "crop_flip", "inception_crop_flip")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -91,7 +91,35 @@ def base_config(experiment: str = "train") -> ml_collections.ConfigDict:
 
   c.parallel = ml_collections.ConfigDict()
   c.parallel.distributed = False      # call jax.distributed.initialize() (also KDT_DISTRIBUTED=1)
+
+  if experiment == "imp":
+    c.imp = imp_fields()
   return c
+
+
+def imp_fields() -> ml_collections.ConfigDict:
+  """The ``config.imp`` group: iterative magnitude pruning and the re-training recipes.
+
+  Defaults follow open_lth's ``sparse_global`` IMP (20 % of the remaining weights per round,
+  global magnitude, conv + dense kernels) with the dense run's final model as the KD teacher.
+  """
+  imp = ml_collections.ConfigDict()
+  imp.recipes = ("lth", "rewind", "kd", "random_reinit")
+  imp.num_rounds = 5
+  imp.pruning_rate = 0.2              # fraction of the remaining weights removed per round
+  imp.pruning_schedule = "iterative"  # or "oneshot": every round prunes the dense weights
+  imp.densities = ()                  # oneshot only: explicit densities; () = (1-rate)^r
+  imp.score = "magnitude"             # or "random"
+  imp.scope = "global"                # or "layerwise"
+  imp.selector = "conv_dense"         # see kdt.pruning.selectors.PRESETS
+  imp.prune_stem = True
+  imp.rewind_step = 0                 # theta_k for rewind / lr_rewind recipes (steps)
+  imp.control_recipe = "lth"          # whose mask random_reinit / random_prune control
+  imp.teacher = "dense"               # KD teacher: "dense" (round 0) or "previous" round's model
+  imp.cache_teacher_logits = False    # teacher logits once per run (un-augmented data only)
+  imp.finetune_steps = 0              # 0 = T - rewind_step (Renda et al.: rewinding's budget)
+  imp.finetune_learning_rate = 0.0    # 0 = the dense schedule's final learning rate
+  return imp
 
 
 def epochs_to_steps(epochs: float, num_examples: int, batch_size: int) -> int:
@@ -209,6 +237,10 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
   _choice(cfg, "data.name", data_lib.dataset_names())
   _choice(cfg, "data.augment", AUGMENTATIONS)
   info = data_lib.dataset_info(cfg["data"]["name"])
+  if cfg["data"]["augment"] == "inception_crop_flip" and not info.streaming:
+    raise ConfigError("data.augment", "inception_crop_flip",
+                      "'default', 'none', 'flip' or 'crop_flip' for the in-memory dataset "
+                      f"{info.name!r} (inception crops need a streaming dataset)")
   _range(cfg, "data.val_size", 0, info.num_train - 1)
   problem = models_lib.check_model_input(cfg["model"]["name"], info.input_shape)
   if problem:
@@ -262,4 +294,57 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
   _range(cfg, "loss.kd_alpha", 0.0, 1.0)
   _range(cfg, "loss.kd_temperature", 0.0, low_open=True)
   _choice(cfg, "loss.kd_reduction", losses.KD_REDUCTIONS)
-  _range(cfg, "loss.kd_stop_step", -1)
+  _range(cfg, "loss.kd_stop_step", -1, train["num_steps"])
+  if cfg["experiment"] == "imp":
+    _validate_imp(cfg, info)
+
+
+def _validate_imp(cfg: dict, info) -> None:
+  """Checks of the ``imp`` group (see :func:`imp_fields`)."""
+  from kdt.pruning import selectors
+  from kdt.tickets import recipes as recipes_lib
+
+  imp, num_steps = cfg["imp"], cfg["train"]["num_steps"]
+  names = list(imp["recipes"])
+  if not names:
+    raise ConfigError("imp.recipes", (), f"a non-empty list of {sorted(recipes_lib.RECIPES)}")
+  for name in names:
+    if name not in recipes_lib.RECIPES:
+      raise ConfigError("imp.recipes", tuple(names),
+                        f"recipes from {sorted(recipes_lib.RECIPES)} (unknown: {name!r})")
+  if len(set(names)) != len(names):
+    raise ConfigError("imp.recipes", tuple(names), "each recipe at most once")
+  _range(cfg, "imp.num_rounds", 1)
+  _range(cfg, "imp.pruning_rate", 0.0, 1.0, low_open=True, high_open=True)
+  _choice(cfg, "imp.pruning_schedule", ("iterative", "oneshot"))
+  densities = list(imp["densities"])
+  if densities:
+    if imp["pruning_schedule"] != "oneshot":
+      raise ConfigError("imp.densities", tuple(densities),
+                        "() unless imp.pruning_schedule='oneshot' (iterative rounds use imp.pruning_rate)")
+    if any(not 0 < d < 1 for d in densities) or densities != sorted(densities, reverse=True):
+      raise ConfigError("imp.densities", tuple(densities), "decreasing densities in (0, 1)")
+    if len(densities) != imp["num_rounds"]:
+      raise ConfigError("imp.densities", tuple(densities),
+                        f"exactly imp.num_rounds={imp['num_rounds']} densities")
+  _choice(cfg, "imp.score", ("magnitude", "random"))
+  _choice(cfg, "imp.scope", ("global", "layerwise"))
+  _choice(cfg, "imp.selector", selectors.PRESETS)
+  _range(cfg, "imp.rewind_step", 0, num_steps - 1)
+  _choice(cfg, "imp.teacher", ("dense", "previous"))
+  _range(cfg, "imp.finetune_steps", 0)
+  _range(cfg, "imp.finetune_learning_rate", 0.0)
+  control = imp["control_recipe"]
+  if any(recipes_lib.RECIPES[n].is_control for n in names):
+    own = [n for n in names if not recipes_lib.RECIPES[n].is_control]
+    if control not in own:
+      raise ConfigError("imp.control_recipe", control,
+                        f"one of the non-control recipes in imp.recipes ({own}) when "
+                        "random_reinit / random_prune are requested")
+  if imp["cache_teacher_logits"]:
+    augment = info.augment if cfg["data"]["augment"] == "default" else cfg["data"]["augment"]
+    if augment != "none":
+      raise ConfigError("imp.cache_teacher_logits", True,
+                        f"False with augmentation {augment!r}: cached logits are for un-augmented "
+                        "images, and KD needs the teacher on the same augmented batch (set "
+                        "data.augment='none' to cache)")

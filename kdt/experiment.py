@@ -153,7 +153,13 @@ def run_train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return summary
 
 
-EXPERIMENTS = {"train": run_train}
+def run_imp(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+  """Experiment ``imp``: see :mod:`kdt.tickets.imp`."""
+  from kdt.tickets import imp  # the IMP driver builds on this module
+  return imp.run_imp(config, workdir)
+
+
+EXPERIMENTS = {"train": run_train, "imp": run_imp}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:

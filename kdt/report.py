@@ -1,4 +1,4 @@
-"""Reporting at the edges: metric writers (log + TensorBoard without TensorFlow).
+"""Reporting at the edges: results tables, plots, metric writers (TensorBoard without TensorFlow).
 
 TensorBoard reads TFRecord files of serialized ``Event`` protocol buffers. Scalars need only three
 tiny messages, so :class:`EventFileWriter` encodes them by hand (no TensorFlow, no protobuf
@@ -9,6 +9,8 @@ imports TensorFlow when imported, so kdt's writers follow clu's ``MetricWriter``
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import socket
 import struct
@@ -94,13 +96,15 @@ class EventFileWriter:
 
   Args:
     logdir: directory for the ``events.out.tfevents.*`` file (created if missing).
+    filename: a fixed file name, rewritten from scratch (for summaries rebuilt on every run);
+      default: a new timestamped file, appended to.
   """
 
-  def __init__(self, logdir: str):
+  def __init__(self, logdir: str, filename: str | None = None):
     os.makedirs(logdir, exist_ok=True)
-    name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
+    name = filename or f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
     self.path = os.path.join(logdir, name)
-    self._file = open(self.path, "ab")
+    self._file = open(self.path, "wb" if filename else "ab")
     self._file.write(tfrecord(version_event(time.time())))
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
@@ -174,3 +178,142 @@ def setup_logging() -> None:
     logger.addHandler(handler)
     logger.propagate = False
   absl_logging.set_verbosity(absl_logging.WARNING)
+
+
+# ---------------------------------------------------------------------------------------------
+# IMP results: table, files, plots.
+
+RESULT_COLUMNS = ("round", "recipe", "density", "nominal_density", "weights_kept", "weights_prunable",
+                  "test_accuracy", "best_test_accuracy", "val_accuracy", "best_val_accuracy",
+                  "test_accuracy_at_best_val", "start_step", "end_step", "steps_trained", "wall_time")
+
+
+def _atomic_write(path: str, text: str) -> None:
+  tmp = f"{path}.tmp.{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def write_results(workdir: str, rows: list[dict]) -> None:
+  """``results.json`` and ``results.csv``: one row per (round, recipe), written atomically."""
+  _atomic_write(os.path.join(workdir, "results.json"), json.dumps(rows, indent=2) + "\n")
+  columns = [c for c in RESULT_COLUMNS if any(c in r for r in rows)]
+  lines = [",".join(columns)]
+  for row in rows:
+    lines.append(",".join("" if row.get(c) is None else str(row[c]) for c in columns))
+  _atomic_write(os.path.join(workdir, "results.csv"), "\n".join(lines) + "\n")
+
+
+def format_table(rows: list[dict], title: str = "") -> str:
+  """The results as a fixed-width terminal table."""
+  header = f"{'round':>5}  {'recipe':<14} {'weights left':>12} {'kept':>9}  {'test acc':>8}  " \
+           f"{'best acc':>8}  {'steps':>6}"
+  lines = [title, header, "-" * len(header)] if title else [header, "-" * len(header)]
+  for r in rows:
+    lines.append(f"{r['round']:>5}  {r['recipe']:<14} {100 * r['density']:>11.2f}% "
+                 f"{r['weights_kept']:>9}  {r['test_accuracy']:>8.4f}  {r['best_test_accuracy']:>8.4f}"
+                 f"  {r['steps_trained']:>6}")
+  return "\n".join(lines)
+
+
+def write_imp_tensorboard(workdir: str, rows: list[dict]) -> None:
+  """Summary scalars ``<recipe>/test_accuracy`` and ``<recipe>/density`` against the round."""
+  writer = EventFileWriter(os.path.join(workdir, "tensorboard", "imp_summary"),
+                           filename="events.out.tfevents.imp_summary")
+  for row in rows:
+    writer.write_scalars(row["round"], {f"{row['recipe']}/test_accuracy": row["test_accuracy"],
+                                        f"{row['recipe']}/percent_weights_left": 100 * row["density"]})
+  writer.close()
+
+
+def _pyplot():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def matplotlib_ticker():
+  import matplotlib.ticker
+  return matplotlib.ticker
+
+
+def _save(fig, path: str) -> None:
+  tmp = f"{path}.tmp.{os.getpid()}.png"
+  fig.savefig(tmp, dpi=130, bbox_inches="tight")
+  os.replace(tmp, path)
+
+
+def plot_accuracy_vs_weights(rows: list[dict], path: str, title: str = "") -> None:
+  """Test accuracy against percent of weights remaining (log x, decreasing), one line per recipe."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  dense = [r for r in rows if r["recipe"] == "dense"]
+  recipes = list(dict.fromkeys(r["recipe"] for r in rows if r["recipe"] != "dense"))
+  for recipe in recipes:
+    points = sorted(((100 * r["density"], 100 * r["test_accuracy"]) for r in rows
+                     if r["recipe"] == recipe), reverse=True)
+    if dense:
+      points = [(100.0, 100 * dense[0]["test_accuracy"])] + points
+    xs, ys = zip(*points)
+    ax.plot(xs, ys, marker="o", markersize=4, label=recipe,
+            linestyle="--" if recipe.startswith("random") else "-")
+  if dense:
+    ax.axhline(100 * dense[0]["test_accuracy"], color="black", linewidth=1, linestyle=":",
+               label="dense")
+  ax.set_xscale("log")
+  ax.invert_xaxis()
+  ticks = sorted({round(100 * r["density"], 1) for r in rows}, reverse=True)
+  ax.set_xticks(ticks)
+  ax.set_xticklabels([f"{t:g}" for t in ticks], rotation=45)
+  ax.minorticks_off()
+  ax.set_xlabel("percent of prunable weights remaining (log scale)")
+  ax.set_ylabel("test accuracy (%)")
+  ax.set_title(title or "accuracy vs. weights remaining")
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize=8)
+  _save(fig, path)
+  plt.close(fig)
+
+
+def _layer_sort_key(path: str):
+  """Forward order for Flax layer paths: ``stem`` first, ``head`` last, numbers compared as numbers."""
+  import re
+  rank = 0 if path.startswith("stem") else 2 if path.startswith("head") else 1
+  return (rank, [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)])
+
+
+def plot_layer_density(layer_densities: dict[str, dict[int, dict[str, float]]], path: str,
+                       title: str = "") -> None:
+  """Density of every prunable layer after each round, one panel per mask lineage."""
+  plt = _pyplot()
+  names = list(layer_densities)
+  fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 4), squeeze=False, sharey=True)
+  for ax, name in zip(axes[0], names):
+    by_round = layer_densities[name]
+    layers = sorted(next(iter(by_round.values())), key=_layer_sort_key)
+    short = [l.replace("/kernel", "") for l in layers]
+    for round_index in sorted(by_round):
+      ax.plot(range(len(layers)), [100 * by_round[round_index][l] for l in layers], marker="o",
+              markersize=3, label=f"round {round_index}")
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib_ticker().FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(matplotlib_ticker().FormatStrFormatter("%g"))
+    ax.tick_params(axis="y", which="minor", labelsize=6)
+    ax.set_xticks(range(len(layers)))
+    ax.set_xticklabels(short, rotation=60, ha="right", fontsize=7)
+    ax.set_title(name)
+    ax.grid(True, alpha=0.3)
+  axes[0][0].set_ylabel("percent of layer's weights remaining")
+  axes[0][-1].legend(fontsize=7)
+  fig.suptitle(title or "per-layer density")
+  _save(fig, path)
+  plt.close(fig)
+
+
+def write_imp_plots(workdir: str, rows: list[dict], layer_densities: dict, title: str = "") -> None:
+  """``plots/accuracy_vs_weights.png`` and ``plots/layer_density.png``."""
+  os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
+  plot_accuracy_vs_weights(rows, os.path.join(workdir, "plots", "accuracy_vs_weights.png"), title)
+  plot_layer_density(layer_densities, os.path.join(workdir, "plots", "layer_density.png"), title)

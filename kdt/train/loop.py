@@ -97,6 +97,8 @@ class Run:
     schedule: LR schedule, evaluated at ``state.step``.
     loss: loss settings.
     teacher: ``{"params", "batch_stats"}`` of a frozen teacher for KD, or None.
+    teacher_logits_table: instead of ``teacher``, the teacher's logits for every (un-augmented)
+      training example, ``[num_train, classes]`` on the host; gathered per batch.
     pinned_steps: steps whose checkpoints are kept forever (rewind points).
     data_seed: data-order seed.
     augment_seed: augmentation seed.
@@ -111,6 +113,7 @@ class Run:
   schedule: ScheduleSpec
   loss: losses.LossConfig = losses.LossConfig()
   teacher: dict | None = None
+  teacher_logits_table: np.ndarray | None = None
   pinned_steps: tuple[int, ...] = ()
   data_seed: int = 0
   augment_seed: int = 0
@@ -157,6 +160,8 @@ class Trainer:
     self.mesh = mesh
     self.settings = settings
     self.augment = dataset.info.augment if augment == "default" else augment
+    # Streaming datasets (ImageNet) crop and flip on the host; the device then only normalises.
+    self._device_augment = "none" if self.augment == "inception_crop_flip" else self.augment
     self.writer_factory = writer_factory
     self.trace_counts: dict[Any, int] = {}
     self._train_steps: dict[Any, Callable] = {}
@@ -167,19 +172,20 @@ class Trainer:
 
   def _train_step_fn(self, key):
     """Builds the jitted (preprocess -> teacher -> train_step) function for one variant."""
-    optimizer, schedule, loss, with_teacher = key
+    optimizer, schedule, loss, teacher_kind = key
     direction, schedule_fn = optimizer.make(), schedule.make()
-    info, augment = self.dataset.info, self.augment
+    info, augment = self.dataset.info, self._device_augment
 
     def step_fn(state, mask, raw_batch, teacher, augment_key):
       self.trace_counts[key] = self.trace_counts.get(key, 0) + 1  # runs at trace time only
       images = data_lib.preprocess(raw_batch["image"], jax.random.fold_in(augment_key, state.step),
                                    info=info, train=True, augment=augment)
       batch = {"image": images, "label": raw_batch["label"]}
-      teacher_logits = None
-      if with_teacher:
+      if teacher_kind == "model":
         teacher_logits = steps.teacher_logits(teacher["params"], teacher["batch_stats"], images,
                                               model=self.model)
+      else:  # "cached": the logits rows of this batch, or None without KD
+        teacher_logits = teacher
       return steps.train_step(state, mask, batch, teacher_logits, model=self.model,
                               direction=direction, schedule=schedule_fn, loss=loss)
 
@@ -187,7 +193,9 @@ class Trainer:
 
   def train_step_for(self, run: Run) -> Callable:
     """The compiled step for ``run``'s variant (cached: one compile per variant)."""
-    key = (run.optimizer, run.schedule, run.loss, run.teacher is not None)
+    teacher_kind = ("model" if run.teacher is not None else
+                    "cached" if run.teacher_logits_table is not None else "none")
+    key = (run.optimizer, run.schedule, run.loss, teacher_kind)
     if key not in self._train_steps:
       self._train_steps[key] = self._train_step_fn(key)
     return self._train_steps[key]
@@ -302,8 +310,10 @@ class Trainer:
       ckpt.save(at_step, state, meta)
 
     while step < run.end_step:
-      local = self.dataset.train_batch(step, s.batch_size, run.data_seed)
+      local = self._train_batch(step, run)
       raw_batch = parallel.global_batch(local, self.mesh)
+      if run.teacher_logits_table is not None:
+        teacher = self._cached_teacher_logits(step, run)
       state, metrics = step_fn(state, mask, raw_batch, teacher, augment_key)
       pending.append((step, metrics))
       step += 1
@@ -329,6 +339,34 @@ class Trainer:
       writer.flush()
     log.info("[%s] finished: %s", run.name, _format_eval(meta["history"][-1]))
     return RunResult(state, meta)
+
+  def _cached_teacher_logits(self, step: int, run: Run) -> jax.Array:
+    """The cached teacher logits of exactly the rows :meth:`_train_batch` returns."""
+    indices = data_lib.train_batch_indices(len(self.dataset.train), self.settings.batch_size, step,
+                                           run.data_seed)
+    local = self.settings.batch_size // jax.process_count()
+    rows = indices[jax.process_index() * local:(jax.process_index() + 1) * local]
+    return parallel.global_batch({"logits": run.teacher_logits_table[rows]}, self.mesh)["logits"]
+
+  def teacher_logits_table(self, teacher: dict) -> np.ndarray:
+    """The teacher's logits for every training example, un-augmented, in dataset order."""
+    if not hasattr(self, "_teacher_forward"):
+      def forward(params, batch_stats, raw_batch):
+        images = data_lib.preprocess(raw_batch["image"], None, info=self.dataset.info, train=False,
+                                     augment="none")
+        return steps.teacher_logits(params, batch_stats, images, model=self.model)
+      self._teacher_forward = jax.jit(forward, out_shardings=self._replicated)
+    chunks = [np.asarray(self._teacher_forward(teacher["params"], teacher["batch_stats"],
+                                               parallel.global_batch(local, self.mesh)))
+              for local in self.dataset.eval_batches("train", self.settings.eval_batch_size)]
+    return np.concatenate(chunks)[:len(self.dataset.train)]
+
+  def _train_batch(self, step: int, run: Run) -> dict:
+    """This process's rows of the global batch of ``step`` (host arrays)."""
+    if self.dataset.info.streaming:
+      return self.dataset.train_batch(step, self.settings.batch_size, run.data_seed,
+                                      augment=self.augment, augment_seed=run.augment_seed)
+    return self.dataset.train_batch(step, self.settings.batch_size, run.data_seed)
 
   def _record_eval(self, run, state, mask, step, meta, writer):
     result = {"step": step, **self.evaluate_all(state.params, state.batch_stats, mask)}
