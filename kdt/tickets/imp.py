@@ -306,7 +306,10 @@ class IMPDriver:
       report.write_results(self.workdir, rows)
 
   def _record_layer_densities(self, round_index: int, masks: dict) -> None:
+    """Per-layer densities of each own-lineage mask (the controls copy the control's densities)."""
     for name, mask in masks.items():
+      if recipes_lib.RECIPES[name].is_control:
+        continue
       self.layer_densities.setdefault(name, {})[round_index] = {
           k: v["density"] for k, v in pruning.sparsity_summary(mask, self.prunable).items()
           if k != "total"}
