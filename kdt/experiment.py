@@ -27,6 +27,10 @@ class WorkdirConfigMismatchError(ValueError):
   """The workdir belongs to a run with a different config."""
 
 
+class InvariantError(RuntimeError):
+  """A runtime invariant failed (a pruned weight non-zero, a wrong density, hosts disagree)."""
+
+
 def write_json_atomic(path: str, payload: Any) -> None:
   """Writes JSON via a temporary file and a rename, so a kill never leaves half a file."""
   tmp = f"{path}.tmp.{os.getpid()}"
@@ -100,7 +104,8 @@ def loss_config(config) -> losses.LossConfig:
       kd_stop_step=int(l.kd_stop_step))
 
 
-def make_trainer(config, workdir: str, dataset, model, mesh) -> loop.Trainer:
+def make_trainer(config, workdir: str, dataset, model, mesh, teacher_model=None) -> loop.Trainer:
+  """The :class:`loop.Trainer` for ``model`` (``teacher_model``: the KD teacher's module, if other)."""
   t = config.train
   settings = loop.LoopSettings(
       batch_size=t.batch_size, eval_batch_size=t.eval_batch_size, log_every_steps=t.log_every_steps,
@@ -111,7 +116,8 @@ def make_trainer(config, workdir: str, dataset, model, mesh) -> loop.Trainer:
   return loop.Trainer(
       model, dataset, mesh, settings, augment=config.data.augment,
       writer_factory=lambda name: report.create_writer(os.path.join(tb_root, name),
-                                                       just_logging=just_logging))
+                                                       just_logging=just_logging),
+      ghost_batch_norm=bool(config.parallel.ghost_batch_norm), teacher_model=teacher_model)
 
 
 def dense_run(config, workdir: str, model, pinned_steps=()) -> loop.Run:
@@ -159,7 +165,19 @@ def run_imp(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   return imp.run_imp(config, workdir)
 
 
-EXPERIMENTS = {"train": run_train, "imp": run_imp}
+def run_lmc(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+  """Experiment ``lmc``: see :mod:`kdt.analysis.experiments`."""
+  from kdt.analysis import experiments  # builds on this module and the IMP driver
+  return experiments.run_lmc(config, workdir)
+
+
+def run_correlation(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+  """Experiment ``correlation``: see :mod:`kdt.analysis.experiments`."""
+  from kdt.analysis import experiments
+  return experiments.run_correlation(config, workdir)
+
+
+EXPERIMENTS = {"train": run_train, "imp": run_imp, "lmc": run_lmc, "correlation": run_correlation}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -9,6 +9,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from kdt import checkpoint
 from kdt import config_lib
 from kdt import experiment
 from kdt.data import DatasetUnavailableError
@@ -27,7 +28,7 @@ def main(argv):
   try:
     experiment.run(_CONFIG.value, _WORKDIR.value)
   except (config_lib.ConfigError, experiment.WorkdirConfigMismatchError, DatasetUnavailableError,
-          loop.NonFiniteLossError) as e:
+          checkpoint.CheckpointError, loop.NonFiniteLossError, experiment.InvariantError) as e:
     print(f"kdt: error: {e}", file=sys.stderr)
     sys.exit(2)
   except loop.PreemptedError as e:

@@ -197,7 +197,13 @@ def _atomic_write(path: str, text: str) -> None:
 
 def write_results(workdir: str, rows: list[dict]) -> None:
   """``results.json`` and ``results.csv``: one row per (round, recipe), written atomically."""
-  _atomic_write(os.path.join(workdir, "results.json"), json.dumps(rows, indent=2) + "\n")
+  from kdt import faults
+  path = os.path.join(workdir, "results.json")
+  tmp = f"{path}.tmp.{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(json.dumps(rows, indent=2) + "\n")
+  faults.maybe_kill("results_write")
+  os.replace(tmp, path)
   columns = [c for c in RESULT_COLUMNS if any(c in r for r in rows)]
   lines = [",".join(columns)]
   for row in rows:

@@ -102,12 +102,15 @@ def test_non_finite_loss_stops_naming_the_step(tmp_path):
 def test_main_twice_does_not_retrain(tmp_path):
   workdir = str(tmp_path / "w")
   cmd = [sys.executable, "-m", "kdt.main", "--config", os.path.join(REPO, "configs/quickstart.py"),
-         "--workdir", workdir, "--config.train.num_steps=40", "--config.schedule.milestones=(20,)"]
+         "--workdir", workdir, "--config.train.num_steps=40", "--config.schedule.milestones=(20,)",
+         "--config.imp.num_rounds=1", "--config.imp.recipes=('lth',)"]
   first = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=True)
-  assert "test accuracy" in first.stdout
+  assert "round_01/lth] finished" in first.stdout
+  assert os.path.exists(os.path.join(workdir, "results.json"))
   second = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=True)
-  assert "already finished at step 40" in second.stdout
-  assert "step 10/40" not in second.stdout
+  assert "[dense] already finished at step 40" in second.stdout
+  assert "[round_01/lth] already finished at step 40" in second.stdout
+  assert "step 20/40" not in second.stdout
   bad = subprocess.run(cmd[:-1] + ["--config.schedule.milestones=(30,)"], capture_output=True,
                        text=True, cwd=REPO)
   assert bad.returncode == 2

@@ -37,17 +37,18 @@ import orbax.checkpoint as ocp
 from kdt import checkpoint as checkpoint_lib
 from kdt import data as data_lib
 from kdt import experiment
+from kdt import faults
 from kdt import parallel
 from kdt import pruning
 from kdt import report
 from kdt.tickets import recipes as recipes_lib
+from kdt.tickets import tweaks as tweaks_lib
 from kdt.train import loop
 
 log = logging.getLogger(__name__)
 
 
-class InvariantError(RuntimeError):
-  """A runtime invariant of IMP failed (pruned weight non-zero, wrong density, hosts disagree)."""
+InvariantError = experiment.InvariantError
 
 
 @dataclasses.dataclass
@@ -76,10 +77,24 @@ class MaskStore:
     self._checkpointer = ocp.StandardCheckpointer()
 
   def load_or_compute(self, directory: str, like: Any, compute) -> Any:
+    """The saved mask of ``directory``, or ``compute()`` saved there first.
+
+    A saved mask that cannot be read is moved aside (``mask.corrupt.<time>``) and recomputed —
+    masks are pure functions of earlier, verified results, so recomputing is exact.
+    """
     path = os.path.join(directory, "mask")
     if os.path.isdir(path):
       abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.bool_), like)
-      return self._checkpointer.restore(path, abstract)
+      try:
+        return self._checkpointer.restore(path, abstract)
+      except Exception as e:  # pylint: disable=broad-except
+        if compute is None:
+          raise checkpoint_lib.CheckpointCorruptError(f"mask {path} cannot be read: {e}") from e
+        target = f"{path}.corrupt.{int(time.time())}"
+        log.warning("WARNING: mask %s cannot be read (%s: %s); moved to %s and recomputing.",
+                    path, type(e).__name__, str(e)[:200], target)
+        if jax.process_index() == 0:
+          os.rename(path, target)
     mask = compute()
     os.makedirs(directory, exist_ok=True)
     self._checkpointer.save(path, mask)
@@ -90,15 +105,27 @@ class MaskStore:
 class IMPDriver:
   """Runs experiment ``imp`` for one config and workdir (see module docstring)."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, *,
+               dense: loop.Run | None = None):
+    """Sets up the driver.
+
+    Args:
+      config: a validated config with an ``imp`` group.
+      workdir: the IMP workdir (rounds, results, plots).
+      dense: the dense :class:`loop.Run` to prune and rewind from, instead of ``workdir/dense``
+        (lets several IMP runs share one dense run; it must pin ``imp.rewind_step``).
+    """
     self.config, self.workdir, self.imp = config, workdir, config.imp
     self.mesh = parallel.make_mesh()
     self.dataset = experiment.load_data(config)
     self.model = experiment.build_model(config, self.dataset.info)
     self.trainer = experiment.make_trainer(config, workdir, self.dataset, self.model, self.mesh)
+    # ToST re-training tweaks (config.tost): the re-training network and its own trainer.
+    self.tweaks = tweaks_lib.RetrainTweaks(config, self.model, self.dataset.info.input_shape)
+    self._tweaked_trainer = None
     self.masks = MaskStore()
-    self.dense = experiment.dense_run(config, workdir, self.model,
-                                      pinned_steps=(self.imp.rewind_step,))
+    self.dense = dense or experiment.dense_run(config, workdir, self.model,
+                                               pinned_steps=(self.imp.rewind_step,))
     shapes = jax.eval_shape(self.dense.init_state).params
     self.prunable = pruning.prunable_leaves(shapes, self.imp.selector, prune_stem=self.imp.prune_stem)
     self.num_prunable = sum(int(np.prod(x.shape)) for x, p in
@@ -153,18 +180,23 @@ class IMPDriver:
             directory, self.dense.mask,
             lambda: self._compute_mask(round_index, recipe, previous, masks, dense_model))
         masks[recipe.name] = mask
+        faults.maybe_kill("after_prune", f"round_{round_index:02d}/{recipe.name}")
         self._check_mask(round_index, recipe.name, mask)
         run = self._retraining_run(round_index, recipe, mask, theta_0, theta_k, previous,
                                    dense_model, teacher_tables)
-        result = self.trainer.train(run)
-        self._check_pruned_zero(round_index, recipe.name, result.state.params, mask)
-        current[recipe.name] = Trained(result.state.params, result.state.batch_stats, mask)
+        result = self._trainer_for(recipe).train(run)
+        self._check_pruned_zero(round_index, recipe.name, result.state.params, run.mask)
+        params, batch_stats = result.state.params, result.state.batch_stats
+        if self.tweaks.applies_to(recipe.name):  # drop ghost leaves: later rounds prune the rest
+          params, batch_stats = self.tweaks.lower_variables(params, batch_stats)
+        current[recipe.name] = Trained(params, batch_stats, mask)
         rows.append(self._row(round_index, recipe.name, result, mask, self.densities[round_index - 1]))
         self._write_results(rows)
       previous = current
       self._record_layer_densities(round_index, masks)
 
     title = f"{self.config.model.name} on {self.config.data.name}"
+    faults.maybe_kill("plots_write")
     if jax.process_index() == 0:
       report.write_imp_plots(self.workdir, rows, self.layer_densities, title=title)
       report.write_imp_tensorboard(self.workdir, rows)
@@ -209,7 +241,7 @@ class IMPDriver:
                            f"schedule says {expected}; stopping.")
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
-      checksum = np.asarray(pruning.mask_checksum(mask))
+      checksum = np.asarray(jax.jit(pruning.mask_checksum)(mask))  # one program, not per op
       all_sums = multihost_utils.process_allgather(checksum)
       if len(set(np.asarray(all_sums).ravel().tolist())) != 1:
         raise InvariantError(f"round {round_index} {recipe}: hosts hold different masks "
@@ -224,6 +256,8 @@ class IMPDriver:
   # ----- runs --------------------------------------------------------------------------------------
 
   def _restore_dense(self, step: int) -> Trained:
+    """A verified dense checkpoint (theta_0, theta_k); corruption here cannot be repaired by
+    falling back, so it stops the run with :class:`~kdt.checkpoint.CheckpointCorruptError`."""
     ckpt = checkpoint_lib.Checkpointer(self.dense.directory)
     try:
       state, _ = ckpt.restore(step, self.trainer._abstract_state(self.dense))
@@ -274,12 +308,27 @@ class IMPDriver:
     loss = experiment.loss_config(config)
     if not recipe.kd:
       loss = dataclasses.replace(loss, kd_stop_step=-1)
-    return loop.Run(
+    run = loop.Run(
         name=f"round_{round_index:02d}/{recipe.name}",
         directory=os.path.join(round_dir(self.workdir, round_index, recipe.name), "train"),
         init_state=init_state, mask=mask, end_step=end, optimizer=experiment.optimizer_spec(config),
         schedule=schedule, loss=loss, teacher=teacher, teacher_logits_table=table,
         data_seed=config.seeds.data_order, augment_seed=config.seeds.augment)
+    if self.tweaks.applies_to(recipe.name):
+      run = self.tweaks.adapt_run(run, params=source.params, batch_stats=source.batch_stats,
+                                  mask=mask, start=start, direction=direction,
+                                  dataset=self.dataset)
+    return run
+
+  def _trainer_for(self, recipe) -> loop.Trainer:
+    """The trainer of ``recipe``'s re-training: the tweaked network's, or the dense model's."""
+    if not self.tweaks.applies_to(recipe.name) or self.tweaks.model is self.model:
+      return self.trainer
+    if self._tweaked_trainer is None:
+      self._tweaked_trainer = experiment.make_trainer(
+          self.config, self.workdir, self.dataset, self.tweaks.model, self.mesh,
+          teacher_model=self.model)
+    return self._tweaked_trainer
 
   # ----- results -----------------------------------------------------------------------------------
 

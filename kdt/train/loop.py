@@ -27,6 +27,7 @@ import numpy as np
 
 from kdt import checkpoint as checkpoint_lib
 from kdt import data as data_lib
+from kdt import faults
 from kdt import parallel
 from kdt.train import losses
 from kdt.train import optim
@@ -151,11 +152,17 @@ class Trainer:
     settings: logging / eval / checkpoint cadence and batch sizes.
     augment: augmentation name (``"default"`` = the dataset's own default).
     writer_factory: ``name -> clu MetricWriter`` (None = log only).
+    ghost_batch_norm: BatchNorm statistics per device instead of over the global batch
+      (:class:`kdt.parallel.GhostBatchNorm`).
+    teacher_model: the KD teacher's module when it differs from ``model`` (sparse re-training
+      with an architecture tweak distils the unmodified dense network); None = ``model``.
   """
 
   def __init__(self, model: nn.Module, dataset, mesh, settings: LoopSettings, *,
-               augment: str = "default", writer_factory: Callable[[str], Any] | None = None):
+               augment: str = "default", writer_factory: Callable[[str], Any] | None = None,
+               ghost_batch_norm: bool = False, teacher_model: nn.Module | None = None):
     self.model = model
+    self.teacher_model = model if teacher_model is None else teacher_model
     self.dataset = dataset
     self.mesh = mesh
     self.settings = settings
@@ -163,6 +170,8 @@ class Trainer:
     # Streaming datasets (ImageNet) crop and flip on the host; the device then only normalises.
     self._device_augment = "none" if self.augment == "inception_crop_flip" else self.augment
     self.writer_factory = writer_factory
+    self.ghost_batch_norm = ghost_batch_norm
+    self._train_model = parallel.GhostBatchNorm(model, mesh) if ghost_batch_norm else model
     self.trace_counts: dict[Any, int] = {}
     self._train_steps: dict[Any, Callable] = {}
     self._replicated = parallel.replicated(mesh)
@@ -183,10 +192,10 @@ class Trainer:
       batch = {"image": images, "label": raw_batch["label"]}
       if teacher_kind == "model":
         teacher_logits = steps.teacher_logits(teacher["params"], teacher["batch_stats"], images,
-                                              model=self.model)
+                                              model=self.teacher_model)
       else:  # "cached": the logits rows of this batch, or None without KD
         teacher_logits = teacher
-      return steps.train_step(state, mask, batch, teacher_logits, model=self.model,
+      return steps.train_step(state, mask, batch, teacher_logits, model=self._train_model,
                               direction=direction, schedule=schedule_fn, loss=loss)
 
     return jax.jit(step_fn, donate_argnums=(0,), out_shardings=(self._replicated, self._replicated))
@@ -200,30 +209,34 @@ class Trainer:
       self._train_steps[key] = self._train_step_fn(key)
     return self._train_steps[key]
 
-  def _eval_fn(self, params, batch_stats, mask, raw_batch):
+  def _eval_fn(self, params, batch_stats, mask, raw_batch, step=None):
     images = data_lib.preprocess(raw_batch["image"], jax.random.key(0), info=self.dataset.info,
                                  train=False, augment="none")
     batch = {"image": images, "label": raw_batch["label"], "weight": raw_batch["weight"]}
-    return steps.eval_step(params, batch_stats, mask, batch, model=self.model)
+    return steps.eval_step(params, batch_stats, mask, batch, model=self.model, step=step)
 
   # ----- evaluation -----------------------------------------------------------------------------
 
-  def evaluate(self, params, batch_stats, mask, split: str = "test") -> dict:
-    """Accuracy and mean CE loss of (masked) ``params`` on a whole split."""
+  def evaluate(self, params, batch_stats, mask, split: str = "test", step=None) -> dict:
+    """Accuracy and mean CE loss of (masked) ``params`` on a whole split.
+
+    ``step`` (the schedule position) matters only for a step-conditioned model
+    (:func:`kdt.train.steps.apply_model`); None evaluates its end-of-schedule form.
+    """
     totals = None
     for local in self.dataset.eval_batches(split, self.settings.eval_batch_size):
-      sums = self._eval(params, batch_stats, mask, parallel.global_batch(local, self.mesh))
+      sums = self._eval(params, batch_stats, mask, parallel.global_batch(local, self.mesh), step)
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     count = float(totals["count"])
     return {"accuracy": float(totals["correct"]) / count, "loss": float(totals["loss"]) / count}
 
-  def evaluate_all(self, params, batch_stats, mask) -> dict:
-    """``{"test_accuracy", "test_loss"[, "val_accuracy", "val_loss"]}``."""
+  def evaluate_all(self, params, batch_stats, mask, step=None) -> dict:
+    """``{"test_accuracy", "test_loss"[, "val_accuracy", "val_loss"]}`` (``step`` as in evaluate)."""
     out = {}
     splits = ("test", "val") if self.dataset.val is not None else ("test",)
     for split in splits:
-      result = self.evaluate(params, batch_stats, mask, split)
+      result = self.evaluate(params, batch_stats, mask, split, step)
       out[f"{split}_accuracy"], out[f"{split}_loss"] = result["accuracy"], result["loss"]
     return out
 
@@ -245,7 +258,8 @@ class Trainer:
     """
     s = self.settings
     pinned = tuple(sorted(set(run.pinned_steps) | {run.end_step}))
-    ckpt = checkpoint_lib.Checkpointer(run.directory, pinned_steps=pinned, keep_last=s.keep_checkpoints)
+    ckpt = checkpoint_lib.Checkpointer(run.directory, pinned_steps=pinned,
+                                       keep_last=s.keep_checkpoints, name=run.name)
     try:
       return self._train(run, ckpt)
     finally:
@@ -253,9 +267,9 @@ class Trainer:
 
   def _train(self, run: Run, ckpt: checkpoint_lib.Checkpointer) -> RunResult:
     s = self.settings
-    latest = ckpt.latest_step()
-    if latest is not None:
-      state, meta = ckpt.restore(latest, self._abstract_state(run))
+    restored = ckpt.restore_latest(self._abstract_state(run))
+    if restored is not None:
+      latest, state, meta = restored
       if meta.get("finished"):
         log.info("[%s] already finished at step %d (%s); not retraining.", run.name, latest,
                      _format_eval(meta["history"][-1]))
@@ -316,6 +330,7 @@ class Trainer:
         teacher = self._cached_teacher_logits(step, run)
       state, metrics = step_fn(state, mask, raw_batch, teacher, augment_key)
       pending.append((step, metrics))
+      faults.maybe_kill("step", run.name)
       step += 1
       window_steps += 1
       meta["steps_trained"] += 1
@@ -354,7 +369,7 @@ class Trainer:
       def forward(params, batch_stats, raw_batch):
         images = data_lib.preprocess(raw_batch["image"], None, info=self.dataset.info, train=False,
                                      augment="none")
-        return steps.teacher_logits(params, batch_stats, images, model=self.model)
+        return steps.teacher_logits(params, batch_stats, images, model=self.teacher_model)
       self._teacher_forward = jax.jit(forward, out_shardings=self._replicated)
     chunks = [np.asarray(self._teacher_forward(teacher["params"], teacher["batch_stats"],
                                                parallel.global_batch(local, self.mesh)))
@@ -369,7 +384,8 @@ class Trainer:
     return self.dataset.train_batch(step, self.settings.batch_size, run.data_seed)
 
   def _record_eval(self, run, state, mask, step, meta, writer):
-    result = {"step": step, **self.evaluate_all(state.params, state.batch_stats, mask)}
+    at = state.step if getattr(self.model, "conditioned_on_step", False) else None
+    result = {"step": step, **self.evaluate_all(state.params, state.batch_stats, mask, at)}
     meta["history"].append(result)
     log.info("[%s] eval at step %d: %s", run.name, step, _format_eval(result))
     if writer:
