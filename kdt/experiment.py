@@ -8,7 +8,9 @@ run stopped and a finished run is not redone.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 from typing import Any
 
 import jax
@@ -21,6 +23,9 @@ from kdt import parallel
 from kdt import report
 from kdt.train import loop
 from kdt.train import losses
+
+
+log = logging.getLogger(__name__)
 
 
 class WorkdirConfigMismatchError(ValueError):
@@ -40,11 +45,20 @@ def write_json_atomic(path: str, payload: Any) -> None:
   os.replace(tmp, path)
 
 
-def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, *,
+                    allow_config_change: bool = False) -> None:
   """Creates ``workdir`` and stores the config, or checks it against the stored one.
 
+  Args:
+    config: the resolved config.
+    workdir: the run's directory.
+    allow_config_change: accept a config that differs from the stored one (e.g. more IMP rounds
+      for a finished run). The differences are logged and appended to ``config_changes.json``;
+      finished runs are kept as they are, and checkpoints that no longer fit are refused by name.
+
   Raises:
-    WorkdirConfigMismatchError: ``workdir/config.json`` holds a different config; nothing is touched.
+    WorkdirConfigMismatchError: ``workdir/config.json`` holds a different config and
+      ``allow_config_change`` is False; nothing is touched.
   """
   path = os.path.join(workdir, "config.json")
   resolved = config_lib.to_dict(config)
@@ -52,11 +66,26 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
     with open(path, encoding="utf-8") as f:
       stored = json.load(f)
     differences = config_lib.diff(stored, resolved)
-    if differences:
+    if not differences:
+      return
+    if not allow_config_change:
       raise WorkdirConfigMismatchError(
           f"{workdir} holds a run with a different config; refusing to mix them. Differing fields "
           f"(stored -> requested):\n  " + "\n  ".join(differences) +
-          "\nUse a new --workdir, or delete the old one if you really mean to start over.")
+          "\nUse a new --workdir, or pass --allow_config_change to continue this run with the new "
+          "config (the change is recorded in config_changes.json).")
+    log.warning("WARNING: continuing %s with a changed config (--allow_config_change):\n  %s",
+                workdir, "\n  ".join(differences))
+    if jax.process_index() == 0:
+      changes_path = os.path.join(workdir, "config_changes.json")
+      history = []
+      if os.path.exists(changes_path):
+        with open(changes_path, encoding="utf-8") as f:
+          history = json.load(f)
+      history.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "changes": differences,
+                      "previous": stored})
+      write_json_atomic(changes_path, history)
+      write_json_atomic(path, resolved)
     return
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
@@ -180,12 +209,14 @@ def run_correlation(config: ml_collections.ConfigDict, workdir: str) -> list[dic
 EXPERIMENTS = {"train": run_train, "imp": run_imp, "lmc": run_lmc, "correlation": run_correlation}
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def run(config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False):
   """Validates ``config``, prepares ``workdir`` and runs ``config.experiment``.
 
   Args:
     config: a config from ``configs/`` (possibly overridden).
     workdir: where the run's state lives; re-running with the same config resumes it.
+    allow_config_change: continue a workdir whose stored config differs (see
+      :func:`prepare_workdir`).
 
   Returns:
     The experiment's summary (also written to ``workdir/results.json``).
@@ -193,5 +224,5 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   report.setup_logging()
   parallel.maybe_initialize_distributed(bool(config.parallel.distributed))
   config_lib.validate(config)
-  prepare_workdir(config, workdir)
+  prepare_workdir(config, workdir, allow_config_change=allow_config_change)
   return EXPERIMENTS[config.experiment](config, workdir)

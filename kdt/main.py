@@ -18,6 +18,10 @@ from kdt.train import loop
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, results and plots.")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False,
+    "Continue a workdir whose stored config differs from --config (logged and recorded in "
+    "config_changes.json). Without it such a rerun is refused with the list of differing fields.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -26,7 +30,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   loop.install_sigterm_handler()
   try:
-    experiment.run(_CONFIG.value, _WORKDIR.value)
+    experiment.run(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   except (config_lib.ConfigError, experiment.WorkdirConfigMismatchError, DatasetUnavailableError,
           checkpoint.CheckpointError, loop.NonFiniteLossError, experiment.InvariantError) as e:
     print(f"kdt: error: {e}", file=sys.stderr)

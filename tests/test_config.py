@@ -80,6 +80,33 @@ BAD = [
 ]
 
 
+BAD += [
+    ("misspelled recipe", lambda c: c.imp.__setitem__("recipes", ("lth", "rewnd")), "imp.recipes"),
+    ("empty recipe list", lambda c: c.imp.__setitem__("recipes", ()), "imp.recipes"),
+    ("duplicate recipe", lambda c: c.imp.__setitem__("recipes", ("lth", "lth")), "imp.recipes"),
+    ("negative pruning rate", lambda c: c.imp.__setitem__("pruning_rate", -0.2), "imp.pruning_rate"),
+    ("pruning rate > 1", lambda c: c.imp.__setitem__("pruning_rate", 1.5), "imp.pruning_rate"),
+    ("pruning rate 1", lambda c: c.imp.__setitem__("pruning_rate", 1.0), "imp.pruning_rate"),
+    ("zero rounds", lambda c: c.imp.__setitem__("num_rounds", 0), "imp.num_rounds"),
+    ("rewind beyond training", lambda c: c.imp.__setitem__("rewind_step", 300), "imp.rewind_step"),
+    ("unknown pruning schedule", lambda c: c.imp.__setitem__("pruning_schedule", "gradual"),
+     "imp.pruning_schedule"),
+    ("densities with iterative", lambda c: c.imp.__setitem__("densities", (0.5, 0.25)), "imp.densities"),
+    ("unknown selector", lambda c: c.imp.__setitem__("selector", "dense_only"), "imp.selector"),
+    ("unknown score", lambda c: c.imp.__setitem__("score", "snap"), "imp.score"),
+    ("unknown scope", lambda c: c.imp.__setitem__("scope", "blockwise"), "imp.scope"),
+    ("unknown teacher", lambda c: c.imp.__setitem__("teacher", "oracle"), "imp.teacher"),
+    ("control not in recipes", lambda c: c.imp.__setitem__("control_recipe", "kd_rewind"),
+     "imp.control_recipe"),
+    ("kd alpha < 0 with kd recipe", lambda c: c.loss.__setitem__("kd_alpha", -0.1), "loss.kd_alpha"),
+    ("kd temperature < 0", lambda c: c.loss.__setitem__("kd_temperature", -4.0), "loss.kd_temperature"),
+    ("kd stop past end", lambda c: c.loss.__setitem__("kd_stop_step", 10_000), "loss.kd_stop_step"),
+    ("negative finetune steps", lambda c: c.imp.__setitem__("finetune_steps", -5), "imp.finetune_steps"),
+    ("imp key typo", lambda c: c.imp.__setitem__("num_round", 3), "imp.num_round"),
+    ("recipes wrong type", lambda c: c.imp.__setitem__("recipes", "lth"), "imp.recipes"),
+]
+
+
 @pytest.mark.parametrize("name,mutate,field", BAD, ids=[b[0] for b in BAD])
 def test_bad_config_names_the_field(name, mutate, field):
   # Mutate the plain dict, as a hand-written config file could (ConfigDict itself type-checks).
@@ -106,4 +133,16 @@ def test_diff_lists_changed_fields():
   c.train.num_steps = 7
   c.model.activation = "swish"
   assert config_lib.diff(a, config_lib.to_dict(c)) == [
-      "model.activation: 'relu' -> 'swish'", "train.num_steps: 600 -> 7"]
+      "model.activation: 'relu' -> 'swish'", "train.num_steps: 300 -> 7"]
+
+
+def test_at_least_30_malformed_configs():
+  assert len(BAD) >= 30
+
+
+def test_cache_teacher_logits_needs_unaugmented_data():
+  config = _quickstart()
+  config.data.augment = "flip"
+  config.imp.cache_teacher_logits = True
+  with pytest.raises(config_lib.ConfigError, match="imp.cache_teacher_logits"):
+    config_lib.validate(config, device_count=1)
