@@ -36,7 +36,9 @@ def load(path):
 def test_there_are_configs():
   names = {os.path.basename(p) for p in CONFIG_FILES}
   assert {"quickstart.py", "mnist_lenet_300_100.py", "cifar10_resnet20.py", "cifar10_vgg16.py",
-          "cifar10_resnet110_kd_ticket.py", "imagenet_resnet50.py"} <= names
+          "cifar10_resnet110_kd_ticket.py", "imagenet_resnet50.py", "mnist_lenet_300_100_lth.py",
+          "cifar10_resnet20_imp_rewind.py", "cifar10_resnet110_kd_rewind.py",
+          "imagenet_resnet50_kd_rewind.py", "cifar10_resnet56_lr_rewind.py"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)

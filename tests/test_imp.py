@@ -198,3 +198,15 @@ def test_interrupted_run_ends_with_identical_results(where, small_reference, dig
   assert _comparable(resumed) == _comparable(rows)
   # checkpoints every 8 steps: the rerun trains what was lost, not everything again
   assert counting.calls < total_calls - crash_at + 8 * 2
+
+
+def test_cached_teacher_logits_match_on_the_fly(digits, monkeypatch, tmp_path):
+  """Digits are not augmented, so cached logits must give the same KD run as the jitted teacher."""
+  results = []
+  for cache in (False, True):
+    config = _config(("kd",), num_rounds=1)
+    config.imp.cache_teacher_logits = cache
+    _, rows, _ = _run(config, str(tmp_path / str(cache)), digits, monkeypatch)
+    results.append(rows[-1])
+  assert results[0]["test_accuracy"] == pytest.approx(results[1]["test_accuracy"], abs=1 / 360 + 1e-9)
+  assert results[0]["weights_kept"] == results[1]["weights_kept"]

@@ -1,0 +1,61 @@
+"""KD-rewinding (Ma et al. 2021): KD-ticket "ResNet-110" (`oresnet110`) on CIFAR-10 (METHODS.md §1).
+
+Command:
+  python -m kdt.main --config configs/cifar10_resnet110_kd_rewind.py \
+      --workdir /tmp/kdt_cifar10_resnet110_kd_rewind [--config.data.dir=/path/with/cifar-10-python.tar.gz]
+
+Protocol (VITA-Group/KD-ticket): train the dense network (the teacher), then prune it ONE-SHOT
+to the sparsities 1 - 0.8^k, k = 1..16 (20 % ... 97.19 %) by global magnitude over all conv
+weights (the FC head, BN and biases are never pruned; 1x1 shortcut convs are), and re-train each
+subnetwork from the rewind point theta_33 (epoch 33 of 182, 18 %; 149 epochs with the LR
+schedule continuing from epoch 33, drops at 90 and 135 = [57, 102] after rewinding) with plain CE
+(`rewind`, weight rewinding) and with the KD loss on the
+frozen dense teacher (`kd_rewind`, KD-rewinding): T = 5, alpha = 0.9, KL reduction 'mean' over
+batch x classes (PyTorch's default `nn.KLDivLoss()`, an extra 1/C), teacher in eval mode.
+Training recipe (`cifar_baseline.py`): first 5,000 training images = validation set, 45,000 train;
+batch 128, SGD momentum 0.9, lr 0.1, x0.1 at epochs 90 and 135, weight decay 2e-4, 182 epochs
+(63,882 steps of 351); crop (pad 4) + flip. The model is the code's depth quirk: 18 bottleneck
+blocks per stage, 164 layers (not the basic-block ResNet-110).
+Note: the released scripts label one level "95 %" but prune 94.50 % (k = 13); the densities here
+are the exact 0.8^k.
+Hardware: one accelerator; 33 runs x ~3 h on a V100-class GPU (~4 days); a TPU v3-8 is faster.
+Expected: dense ~94 % (He et al. 2016 report 5.93 % error for this bottleneck ResNet-164); the
+KD-rewinding gives the best sparse networks of all recipes ("state of the art"; the per-
+sparsity tables were not found, METHODS.md §1.8). Results: results.json, best-validation test
+accuracy in `test_accuracy_at_best_val`.
+"""
+
+from kdt import config_lib
+
+CIFAR_TRAIN, VAL, BATCH = 50_000, 5_000, 128
+
+
+def get_config():
+  config = config_lib.base_config("imp")
+  config.model.name = "oresnet110"
+  config.data.name = "cifar10"
+  config.data.val_size = VAL
+  steps = lambda epochs: config_lib.epochs_to_steps(epochs, CIFAR_TRAIN - VAL, BATCH)  # noqa: E731
+  config.train.batch_size = BATCH
+  config.train.num_steps = steps(182)
+  config.train.eval_batch_size = 1000
+  config.train.eval_every_steps = steps(1)
+  config.train.log_every_steps = 200
+  config.train.checkpoint_every_steps = steps(1)
+  config.optimizer.learning_rate = 0.1
+  config.optimizer.momentum = 0.9
+  config.optimizer.weight_decay = 2e-4
+  config.schedule.name = "step"
+  config.schedule.milestones = (steps(90), steps(135))
+  config.loss.kd_temperature = 5.0
+  config.loss.kd_alpha = 0.9
+  config.loss.kd_reduction = "mean"
+  config.imp.recipes = ("rewind", "kd_rewind")
+  config.imp.rewind_step = steps(33)
+  config.imp.pruning_schedule = "oneshot"
+  config.imp.num_rounds = 16
+  config.imp.densities = tuple(round(0.8**k, 10) for k in range(1, 17))
+  config.imp.selector = "conv"
+  config.imp.scope = "global"
+  config.imp.teacher = "dense"
+  return config
