@@ -25,29 +25,12 @@ accuracy in `test_accuracy_at_best_val`.
 
 from kdt import config_lib
 
-CIFAR_TRAIN, VAL, BATCH = 50_000, 5_000, 128
-
 
 def get_config():
   config = config_lib.base_config("imp")
   config.model.name = "oresnet110"
   config.data.name = "cifar10"
-  config.data.val_size = VAL
-  steps = lambda epochs: config_lib.epochs_to_steps(epochs, CIFAR_TRAIN - VAL, BATCH)  # noqa: E731
-  config.train.batch_size = BATCH
-  config.train.num_steps = steps(182)
-  config.train.eval_batch_size = 1000
-  config.train.eval_every_steps = steps(1)
-  config.train.log_every_steps = 200
-  config.train.checkpoint_every_steps = steps(1)
-  config.optimizer.learning_rate = 0.1
-  config.optimizer.momentum = 0.9
-  config.optimizer.weight_decay = 2e-4
-  config.schedule.name = "step"
-  config.schedule.milestones = (steps(90), steps(135))
-  config.loss.kd_temperature = 5.0
-  config.loss.kd_alpha = 0.9
-  config.loss.kd_reduction = "mean"
+  config_lib.kd_ticket_cifar_recipe(config)
   config.imp.recipes = ("lth", "kd")
   config.imp.pruning_schedule = "oneshot"
   config.imp.num_rounds = 16

@@ -17,25 +17,12 @@ re-init do not; random subnetworks are matching only above ~80 %.
 
 from kdt import config_lib
 
-CIFAR_TRAIN = 50_000
-
 
 def get_config():
   config = config_lib.base_config("imp")
   config.model.name = "resnet20"
   config.data.name = "cifar10"
-  steps = lambda epochs: config_lib.epochs_to_steps(epochs, CIFAR_TRAIN, 128)  # noqa: E731
-  config.train.batch_size = 128
-  config.train.num_steps = steps(160)
-  config.train.eval_batch_size = 1000
-  config.train.eval_every_steps = steps(10)
-  config.train.log_every_steps = 200
-  config.train.checkpoint_every_steps = 2000
-  config.optimizer.learning_rate = 0.1
-  config.optimizer.momentum = 0.9
-  config.optimizer.weight_decay = 1e-4
-  config.schedule.name = "step"
-  config.schedule.milestones = (steps(80), steps(120))
+  config_lib.open_lth_cifar_recipe(config)
   config.imp.recipes = ("rewind", "lth", "random_reinit")
   config.imp.control_recipe = "rewind"
   config.imp.num_rounds = 10
