@@ -1,0 +1,67 @@
+"""Instability analysis of ResNet-20 on CIFAR-10 (Frankle et al., "Linear Mode Connectivity and the
+Lottery Ticket Hypothesis", ICML 2020; METHODS.md §3.3-3.5).
+
+Command:
+  python -m kdt.main --config configs/cifar10_resnet20_lmc.py --workdir /tmp/kdt_resnet20_lmc \
+      [--config.data.dir=/path/with/cifar-10-python.tar.gz]
+
+Recipe: the open_lth `cifar_resnet_20` run (METHODS.md §3.4a): batch 128, SGD momentum 0.9, lr 0.1,
+x0.1 at epochs 80 and 120, weight decay 1e-4, 160 epochs = 62,400 steps of 390; crop + flip.
+Subnetworks: IMP with rewinding to each k (LMC Algorithm 2), global magnitude, all conv and dense
+kernels (incl. 1x1 shortcuts), 20 % per round for 8 rounds = 16.8 % of the weights (the LMC
+Table 1 density for ResNet-20). For every k in (0, 100, 250, 500, 1000, 2000, 5000) two copies each
+of the dense network, the IMP subnetwork and a random mask with its per-layer counts train from
+theta_k with data orders 0 and 1; the error along the linear path is measured at 30 points on train
+and test data, with BatchNorm statistics re-estimated at every point on 40 training batches.
+
+Variants (LMC Table 1): "low" --config.optimizer.learning_rate=0.01; "warm-up"
+--config.optimizer.learning_rate=0.03 --config.schedule.warmup_steps=30000. More samples per
+point (the paper averages 9): --config.lmc.pair_seeds="(1,2,3)".
+
+Hardware and cost: one accelerator. One 160-epoch ResNet-20 run is ~30 min on a V100-class GPU;
+each k costs 8 IMP rounds + 5 copies (~6.5 h), so the whole sweep is ~45 GPU-hours.
+--config.lmc.mask_rewind_step=500 finds the masks once (IMP rewound to step 500) and uses them for
+every k (~22 GPU-hours); this deviates from Algorithm 2 for k != 500.
+
+Expected (METHODS.md §3.5; LMC [2nd-hand]): dense accuracy ~91.7 %; the dense network becomes
+stable (test instability < 2 %) at k = 2000 (3 % of training); the 16.8 % IMP subnetwork is
+unstable and not matching at k = 0 and becomes stable and matching at k = 500, earlier than the
+dense network; the random-mask control is neither stable nor matching at any k. Even for stable
+pairs the L2 distance between the copies is ~25 % of the distance travelled from theta_k.
+"""
+
+from kdt import config_lib
+
+CIFAR_TRAIN = 50_000
+
+
+def get_config():
+  config = config_lib.base_config("lmc")
+  config.model.name = "resnet20"
+  config.data.name = "cifar10"
+  config.train.batch_size = 128
+  config.train.num_steps = config_lib.epochs_to_steps(160, CIFAR_TRAIN, 128)
+  config.train.eval_batch_size = 1000
+  config.train.eval_every_steps = 0
+  config.train.log_every_steps = 200
+  config.train.checkpoint_every_steps = 2000
+  config.optimizer.learning_rate = 0.1
+  config.optimizer.momentum = 0.9
+  config.optimizer.weight_decay = 1e-4
+  config.schedule.name = "step"
+  config.schedule.milestones = tuple(config_lib.epochs_to_steps(e, CIFAR_TRAIN, 128) for e in (80, 120))
+  config.imp.num_rounds = 8
+  config.imp.pruning_rate = 0.2
+  config.imp.scope = "global"
+  config.imp.selector = "conv_dense"
+  config.lmc.rewind_steps = (0, 100, 250, 500, 1000, 2000, 5000)
+  config.lmc.networks = ("dense", "imp", "random")
+  config.lmc.rounds = (8,)
+  config.lmc.pair_seeds = (1,)
+  config.lmc.num_alphas = 30
+  config.lmc.splits = ("test", "train")
+  config.lmc.batch_norm = "reestimate"
+  config.lmc.bn_batches = 40
+  config.lmc.stable_threshold = 0.02
+  config.lmc.matching_tolerance = 0.002
+  return config
