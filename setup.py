@@ -36,6 +36,15 @@ setuptools.setup(
             "pytest>=8.0",
             "pytest-xdist>=3.5",
             "tensorboard>=2.16",
+            # tests/test_colab.py executes launch/colab.ipynb.
+            "nbclient>=0.10",
+            "nbformat>=5.10",
+            "ipykernel>=6.29",
+        ],
+        # A gs:// workdir (TPU pods): Orbax/tensorstore write the arrays; gcsfs lets the
+        # directories be listed and created and the JSON / plots be written without TensorFlow.
+        "gcs": [
+            "gcsfs>=2024.2.0",
         ],
         "bench": [
             "torch==2.13.0",

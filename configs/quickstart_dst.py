@@ -38,11 +38,11 @@ def get_config():
   config.schedule.milestones = (200,)
   config.imp.recipes = ("lth", "rewind")
   config.imp.num_rounds = 6
-  config.imp.pruning_rate = 0.2
+  config.imp.pruning_rate = 0.35
   config.imp.selector = "conv_dense_no_head"
   config.imp.rewind_step = 20
   config.dst.methods = ("rigl", "set", "static")
-  config.dst.update_every = 25            # Delta T (RigL: 100 of ~97k steps; scaled to 300)
+  config.dst.update_every = 50            # Delta T (RigL: 100 of ~97k steps; scaled to 300)
   config.dst.update_end_step = 225        # 75 % of the run, as RigL's CIFAR setting
   config.dst.drop_fraction = 0.3
   config.dst.drop_schedule = "cosine"

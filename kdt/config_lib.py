@@ -18,7 +18,7 @@ from typing import Any
 
 import ml_collections
 
-EXPERIMENTS = ("train", "imp")
+EXPERIMENTS = ("train", "imp", "lmc", "correlation", "dst")
 AUGMENTATIONS = ("default", "none", "flip", "crop_flip", "inception_crop_flip")
 DTYPES = ("float32", "bfloat16")
 
@@ -91,9 +91,19 @@ def base_config(experiment: str = "train") -> ml_collections.ConfigDict:
 
   c.parallel = ml_collections.ConfigDict()
   c.parallel.distributed = False      # call jax.distributed.initialize() (also KDT_DISTRIBUTED=1)
+  c.parallel.ghost_batch_norm = False  # BN statistics per device ("ghost" BN) instead of global
+  c.parallel.host_devices = 0         # CPU: split into n host devices; 0 = auto (kdt.host_devices)
 
-  if experiment == "imp":
+  if experiment in ("imp", "lmc", "correlation", "dst"):  # lmc / correlation find masks by IMP
     c.imp = imp_fields()
+  if experiment in ("imp", "dst"):
+    c.tost = tost_fields()
+  if experiment == "dst":
+    c.dst = dst_fields()
+  if experiment == "lmc":
+    c.lmc = lmc_fields()
+  if experiment == "correlation":
+    c.correlation = correlation_fields()
   return c
 
 
@@ -119,12 +129,105 @@ def imp_fields() -> ml_collections.ConfigDict:
   imp.cache_teacher_logits = False    # teacher logits once per run (un-augmented data only)
   imp.finetune_steps = 0              # 0 = T - rewind_step (Renda et al.: rewinding's budget)
   imp.finetune_learning_rate = 0.0    # 0 = the dense schedule's final learning rate
+  imp.mask_basis = "identity"         # prune coefficients c of w = B c: "identity" or "dct"
   return imp
+
+
+def lmc_fields() -> ml_collections.ConfigDict:
+  """The ``config.lmc`` group: instability analysis against the rewind step (METHODS.md §3).
+
+  For each rewind step k, copies of the dense network and of IMP subnetworks (masks from
+  ``config.imp``'s pruning settings, re-training recipe ``rewind``) start from theta_k and train
+  to ``train.num_steps`` under different data orders; see :mod:`kdt.analysis.experiments`.
+  """
+  lmc = ml_collections.ConfigDict()
+  lmc.rewind_steps = (0, 100, 500, 2000)  # the k's (steps of the dense run)
+  lmc.networks = ("dense", "imp", "random")  # random = random mask, IMP's per-layer counts
+  lmc.rounds = ()                     # IMP rounds analysed; () = every round 1..imp.num_rounds
+  lmc.mask_rewind_step = -1           # -1: IMP rewound to each k finds k's masks (LMC Alg. 2);
+                                      # >= 0: one IMP run rewound to this step, masks for all k
+  lmc.pair_seeds = (1,)               # data-order + augmentation seeds of the second copies
+  lmc.num_alphas = 30                 # evenly spaced points on the linear path
+  lmc.splits = ("test", "train")      # error along the path on these splits
+  lmc.batch_norm = "reestimate"       # or "interpolate" the running statistics
+  lmc.bn_batches = 8                  # training batches for the BN re-estimation
+  lmc.stable_threshold = 0.02         # instability (test error) below this: stable
+  lmc.matching_tolerance = 0.002      # accuracy within this of the dense run's: matching
+  lmc.top_p = 0.2                     # top-p magnitude overlap of theta_k vs trained
+  return lmc
+
+
+def correlation_fields() -> ml_collections.ConfigDict:
+  """The ``config.correlation`` group: Liu et al.'s learning-rate sweep (METHODS.md §5).
+
+  For each learning rate: dense training from the same theta_0, IMP with recipes ``lth`` and
+  ``random_reinit`` (``config.imp``'s pruning settings), then init <-> trained weight correlation
+  and mask overlap; see :mod:`kdt.analysis.experiments`.
+  """
+  corr = ml_collections.ConfigDict()
+  corr.learning_rates = (0.01, 0.03, 0.1)
+  corr.top_p = 0.2                    # top-p magnitude overlap of theta_0 vs trained
+  return corr
 
 
 def epochs_to_steps(epochs: float, num_examples: int, batch_size: int) -> int:
   """Optimizer steps in ``epochs`` epochs (drop-remainder batching, as the data pipeline does)."""
   return int(round(epochs * (num_examples // batch_size)))
+
+
+CIFAR_TRAIN = 50_000
+
+
+def open_lth_cifar_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """open_lth's CIFAR-10 training (METHODS.md §3.4a), in place; returns ``config``.
+
+  Batch 128, SGD momentum 0.9, lr 0.1, x0.1 at epochs 80 and 120, weight decay 1e-4, 160 epochs
+  (62,400 steps of 390) on all 50,000 training images; crop (pad 4) + flip.
+  """
+  steps = lambda epochs: epochs_to_steps(epochs, CIFAR_TRAIN, 128)  # noqa: E731
+  config.data.val_size = 0
+  config.train.batch_size = 128
+  config.train.num_steps = steps(160)
+  config.train.eval_batch_size = 1000
+  config.train.eval_every_steps = steps(10)
+  config.train.log_every_steps = 200
+  config.train.checkpoint_every_steps = 2000
+  config.optimizer.name = "sgd"
+  config.optimizer.learning_rate = 0.1
+  config.optimizer.momentum = 0.9
+  config.optimizer.weight_decay = 1e-4
+  config.schedule.name = "step"
+  config.schedule.milestones = (steps(80), steps(120))
+  return config
+
+
+def kd_ticket_cifar_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The KD-ticket / ToST CIFAR training (METHODS.md §1.6, §2.3), in place; returns ``config``.
+
+  The first 5,000 training images are the validation set, 45,000 train; batch 128, SGD momentum
+  0.9, lr 0.1, x0.1 at epochs 90 and 135, weight decay 2e-4, 182 epochs (63,882 steps of 351);
+  crop (pad 4) + flip; evaluation every epoch (best-validation test accuracy is reported). KD:
+  T = 5, alpha = 0.9, KL reduction 'mean' over batch x classes (PyTorch's default).
+  """
+  val_size = 5_000
+  steps = lambda epochs: epochs_to_steps(epochs, CIFAR_TRAIN - val_size, 128)  # noqa: E731
+  config.data.val_size = val_size
+  config.train.batch_size = 128
+  config.train.num_steps = steps(182)
+  config.train.eval_batch_size = 1000
+  config.train.eval_every_steps = steps(1)
+  config.train.log_every_steps = 200
+  config.train.checkpoint_every_steps = steps(1)
+  config.optimizer.name = "sgd"
+  config.optimizer.learning_rate = 0.1
+  config.optimizer.momentum = 0.9
+  config.optimizer.weight_decay = 2e-4
+  config.schedule.name = "step"
+  config.schedule.milestones = (steps(90), steps(135))
+  config.loss.kd_temperature = 5.0
+  config.loss.kd_alpha = 0.9
+  config.loss.kd_reduction = "mean"
+  return config
 
 
 def to_dict(config: ml_collections.ConfigDict) -> dict:
@@ -254,6 +357,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
   for field in ("eval_every_steps", "log_every_steps", "checkpoint_every_steps"):
     _range(cfg, f"train.{field}", 0)
   _range(cfg, "train.keep_checkpoints", 1)
+  _range(cfg, "parallel.host_devices", 0)
   num_train = info.num_train - cfg["data"]["val_size"]
   if train["batch_size"] > num_train:
     raise ConfigError("train.batch_size", train["batch_size"],
@@ -269,6 +373,10 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
     if train[field] % device_count:
       raise ConfigError(f"train.{field}", train[field],
                         f"a multiple of the device count ({device_count}) for data parallelism")
+  if cfg["parallel"]["ghost_batch_norm"] and train["batch_size"] < 2 * device_count:
+    raise ConfigError("parallel.ghost_batch_norm", True,
+                      f"False, or train.batch_size >= 2 x the device count ({2 * device_count}) so "
+                      "each device's BatchNorm sees at least 2 examples")
 
   _choice(cfg, "optimizer.name", optim.OPTIMIZERS)
   _range(cfg, "optimizer.learning_rate", 0.0, low_open=True)
@@ -295,8 +403,16 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
   _range(cfg, "loss.kd_temperature", 0.0, low_open=True)
   _choice(cfg, "loss.kd_reduction", losses.KD_REDUCTIONS)
   _range(cfg, "loss.kd_stop_step", -1, train["num_steps"])
-  if cfg["experiment"] == "imp":
+  if cfg["experiment"] in ("imp", "lmc", "correlation", "dst"):
     _validate_imp(cfg, info)
+  if cfg["experiment"] in ("imp", "dst"):
+    _validate_tost(cfg, info)
+  if cfg["experiment"] == "dst":
+    _validate_dst(cfg)
+  if cfg["experiment"] == "lmc":
+    _validate_lmc(cfg)
+  if cfg["experiment"] == "correlation":
+    _validate_correlation(cfg)
 
 
 def _validate_imp(cfg: dict, info) -> None:
@@ -334,6 +450,7 @@ def _validate_imp(cfg: dict, info) -> None:
   _choice(cfg, "imp.teacher", ("dense", "previous"))
   _range(cfg, "imp.finetune_steps", 0)
   _range(cfg, "imp.finetune_learning_rate", 0.0)
+  _choice(cfg, "imp.mask_basis", ("identity", "dct"))
   control = imp["control_recipe"]
   if any(recipes_lib.RECIPES[n].is_control for n in names):
     own = [n for n in names if not recipes_lib.RECIPES[n].is_control]
@@ -348,3 +465,217 @@ def _validate_imp(cfg: dict, info) -> None:
                         f"False with augmentation {augment!r}: cached logits are for un-augmented "
                         "images, and KD needs the teacher on the same augmented batch (set "
                         "data.augment='none' to cache)")
+
+
+def _distinct(cfg: dict, field: str, allowed: str, ok) -> list:
+  """A non-empty list field whose values are distinct and each pass ``ok``."""
+  values = list(_get(cfg, field))
+  if not values or len(set(values)) != len(values) or not all(ok(v) for v in values):
+    raise ConfigError(field, tuple(values), f"a non-empty list of distinct {allowed}")
+  return values
+
+
+def _validate_lmc(cfg: dict) -> None:
+  """Checks of the ``lmc`` group (see :func:`lmc_fields`)."""
+  num_steps, rounds = cfg["train"]["num_steps"], cfg["imp"]["num_rounds"]
+  _distinct(cfg, "lmc.rewind_steps", f"steps in [0, train.num_steps - 1 = {num_steps - 1}]",
+            lambda k: isinstance(k, int) and 0 <= k < num_steps)
+  _distinct(cfg, "lmc.networks", "names from ['dense', 'imp', 'random']",
+            lambda n: n in ("dense", "imp", "random"))
+  chosen = list(cfg["lmc"]["rounds"])
+  if len(set(chosen)) != len(chosen) or any(
+      not isinstance(r, int) or not 1 <= r <= rounds for r in chosen):
+    raise ConfigError("lmc.rounds", tuple(chosen),
+                      f"() for every round, or distinct rounds in [1, imp.num_rounds = {rounds}]")
+  _range(cfg, "lmc.mask_rewind_step", -1, num_steps - 1)
+  first = cfg["seeds"]["data_order"]
+  _distinct(cfg, "lmc.pair_seeds", f"seeds >= 0 other than seeds.data_order = {first} (the first "
+            "copy's)", lambda s: isinstance(s, int) and s >= 0 and s != first)
+  _range(cfg, "lmc.num_alphas", 2)
+  splits = ("train", "test", "val") if cfg["data"]["val_size"] else ("train", "test")
+  _distinct(cfg, "lmc.splits", f"splits from {list(splits)} ('val' needs data.val_size > 0)",
+            lambda s: s in splits)
+  _choice(cfg, "lmc.batch_norm", ("reestimate", "interpolate"))
+  _range(cfg, "lmc.bn_batches", 1)
+  _range(cfg, "lmc.stable_threshold", 0.0, 1.0, low_open=True)
+  _range(cfg, "lmc.matching_tolerance", 0.0, 1.0)
+  _range(cfg, "lmc.top_p", 0.0, 1.0, low_open=True)
+
+
+def _validate_correlation(cfg: dict) -> None:
+  """Checks of the ``correlation`` group (see :func:`correlation_fields`)."""
+  _distinct(cfg, "correlation.learning_rates", "positive learning rates",
+            lambda lr: isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0)
+  _range(cfg, "correlation.top_p", 0.0, 1.0, low_open=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sparse re-training tweaks (ToST) and dynamic sparse training.
+
+TOST_LRSI = ("none", "dense", "masked")
+GRADINIT_ALGS = ("sgd", "adam")
+
+
+def tost_fields() -> ml_collections.ConfigDict:
+  """The ``config.tost`` group: ToST's sparse re-training tweaks (METHODS.md §2.2).
+
+  The tweaks change only the *re-training* of a pruned network; the dense run is never touched.
+  They apply to the recipe ``tost`` (the control recipe's mask, weights and schedule, re-trained
+  with the tweaks: "LTH + tweaks" on exactly the LTH masks) and to the recipes listed in
+  ``tost.recipes``. Every tweak is off by default; :func:`tost_preset` turns them all on.
+  """
+  t = ml_collections.ConfigDict()
+  t.recipes = ()                      # recipes re-trained with the tweaks besides ``tost``
+  t.activation = ""                   # re-training activation (ACTIVATIONS key); "" = model's own
+  t.activation_anneal_steps = 0       # >0: blend back to the model's activation over these steps
+  t.activation_anneal_start = 0       # schedule step where the blend starts
+  t.ghost_skips = False               # two 1x1 conv + BN ghost branches per residual block
+  t.ghost_init = 1e-4                 # constant initial ghost conv weight (ToST: 0.0001)
+  t.ghost_fade_steps = 0              # >0: scale the ghost branches down to 0 over these steps
+  t.ghost_fade_start = 0              # schedule step where the fade starts
+  t.label_smoothing = 0.0             # re-training label smoothing, alpha/(C-1) off target
+  t.lrsi = "none"                     # GradInit scales: "none", "dense" (before masking), "masked"
+  t.gradinit_iters = 390
+  t.gradinit_lr = 1e-3
+  t.gradinit_alg = "sgd"
+  t.gradinit_eta = 0.1
+  t.gradinit_min_scale = 0.01
+  t.gradinit_grad_clip = 1.0
+  t.gradinit_gamma = 0.0              # gradient-norm constraint; 0 = none (the code's inf)
+  t.gradinit_normalize_grad = False
+  t.gradinit_batch_size = 0           # 0 = train.batch_size
+  return t
+
+
+def tost_preset(config: ml_collections.ConfigDict, *, ghost_skips: bool = True,
+                lrsi: str = "masked") -> ml_collections.ConfigDict:
+  """Turns on every ToST tweak for the ``tost`` recipe ("combining all the tweaks", §2.1).
+
+  Swish activation, ghost skips (residual networks with basic blocks only: pass
+  ``ghost_skips=False`` for VGG, LeNet and the like), label smoothing 0.1 with the alpha/(C-1)
+  convention, and GradInit layer-wise re-scaling with the code defaults of §2.2 on the masked
+  network (``lrsi="dense"`` for the variant before masking). Adds ``tost`` to ``imp.recipes``.
+
+  Args:
+    config: an ``imp`` (or ``dst``) config; changed in place.
+    ghost_skips: whether to add ghost skip branches.
+    lrsi: ``"masked"``, ``"dense"`` or ``"none"``.
+
+  Returns:
+    ``config``.
+  """
+  config.tost.activation = "swish"
+  config.tost.ghost_skips = bool(ghost_skips)
+  config.tost.label_smoothing = 0.1
+  config.tost.lrsi = lrsi
+  if "tost" not in config.imp.recipes:
+    config.imp.recipes = tuple(config.imp.recipes) + ("tost",)
+  return config
+
+
+def tweaks_enabled(tost: dict) -> bool:
+  """Whether any tweak of a ``tost`` group (as a dict) is on."""
+  return bool(tost["activation"] or tost["ghost_skips"] or tost["label_smoothing"] > 0
+              or tost["lrsi"] != "none")
+
+
+def _validate_tost(cfg: dict, info) -> None:
+  """Checks of the ``tost`` group (see :func:`tost_fields`)."""
+  from kdt import models as models_lib
+  from kdt.tickets import recipes as recipes_lib
+
+  tost, imp = cfg["tost"], cfg["imp"]
+  recipes = list(tost["recipes"])
+  for name in recipes:
+    if name not in imp["recipes"] or name == "tost" or recipes.count(name) > 1:
+      raise ConfigError("tost.recipes", tuple(recipes),
+                        f"distinct recipes of imp.recipes {list(imp['recipes'])} other than 'tost' "
+                        f"(bad: {name!r})")
+  if tost["activation"]:
+    _choice(cfg, "tost.activation", sorted(models_lib.ACTIVATIONS))
+  for field in ("activation_anneal_steps", "activation_anneal_start", "ghost_fade_steps",
+                "ghost_fade_start"):
+    _range(cfg, f"tost.{field}", 0)
+  if tost["activation_anneal_steps"] and tost["activation"] in ("", cfg["model"]["activation"]):
+    raise ConfigError("tost.activation_anneal_steps", tost["activation_anneal_steps"],
+                      f"0 unless tost.activation names an activation other than the model's "
+                      f"({cfg['model']['activation']!r}) to anneal from")
+  _range(cfg, "tost.ghost_init", 0.0)
+  if tost["ghost_skips"]:
+    from kdt.tickets import tweaks
+    problem = tweaks.ghost_skip_problem(cfg["model"]["name"], info.input_shape)
+    if problem:
+      raise ConfigError("tost.ghost_skips", True,
+                        f"False for model {cfg['model']['name']!r}: {problem}")
+  elif tost["ghost_fade_steps"]:
+    raise ConfigError("tost.ghost_fade_steps", tost["ghost_fade_steps"],
+                      "0 unless tost.ghost_skips=True")
+  _range(cfg, "tost.label_smoothing", 0.0, 1.0, high_open=True)
+  _choice(cfg, "tost.lrsi", TOST_LRSI)
+  _range(cfg, "tost.gradinit_iters", 1)
+  _range(cfg, "tost.gradinit_lr", 0.0, low_open=True)
+  _choice(cfg, "tost.gradinit_alg", GRADINIT_ALGS)
+  _range(cfg, "tost.gradinit_eta", 0.0, low_open=True)
+  _range(cfg, "tost.gradinit_min_scale", 0.0)
+  _range(cfg, "tost.gradinit_grad_clip", 0.0)
+  _range(cfg, "tost.gradinit_gamma", 0.0)
+  _range(cfg, "tost.gradinit_batch_size", 0, info.num_train - cfg["data"]["val_size"])
+  tweaked = ["tost"] * ("tost" in imp["recipes"]) + recipes
+  if tweaked and not tweaks_enabled(tost):
+    field = "imp.recipes" if "tost" in imp["recipes"] else "tost.recipes"
+    raise ConfigError(field, tuple(_get(cfg, field)),
+                      "re-training with tweaks only when config.tost turns at least one on "
+                      "(tost.activation, ghost_skips, label_smoothing or lrsi; see "
+                      "config_lib.tost_preset)")
+  if imp["teacher"] == "previous" and (tost["activation"] or tost["ghost_skips"]):
+    kd = [n for n in recipes if recipes_lib.RECIPES[n].kd]
+    if kd:
+      raise ConfigError("imp.teacher", "previous",
+                        f"'dense' when KD recipes {kd} are re-trained with an activation swap or "
+                        "ghost skips (the previous round's student is then another network)")
+
+
+DST_METHODS = ("rigl", "set", "static")
+DST_ALLOCATIONS = ("erk", "uniform", "layerwise")
+
+
+def dst_fields() -> ml_collections.ConfigDict:
+  """The ``config.dst`` group: sparse training from scratch (RigL, SET), METHODS.md §6.
+
+  Each method trains a random sparse network (per-layer densities by ``allocation``) from
+  theta_0 for ``train.num_steps`` with the dense run's schedule, updating the mask every
+  ``update_every`` steps up to ``update_end_step``. The densities are the IMP rounds' (from
+  ``imp.pruning_rate`` and ``imp.num_rounds``) unless ``densities`` lists others; the prunable
+  weights are ``imp.selector``'s.
+  """
+  d = ml_collections.ConfigDict()
+  d.methods = ("rigl", "set")         # "rigl", "set", "static" (fixed random mask)
+  d.densities = ()                    # () = the IMP rounds' densities (1 - rate)^r
+  d.compare_imp = True                # also run IMP (config.imp) in workdir/imp
+  d.allocation = "erk"                # initial per-layer densities: "erk", "uniform", "layerwise"
+  d.erk_power_scale = 1.0
+  d.update_every = 100                # Delta T, steps between mask updates
+  d.update_end_step = 0               # last update step; 0 = 75 % of train.num_steps
+  d.drop_fraction = 0.3               # alpha
+  d.drop_schedule = "cosine"          # or "constant"
+  d.init = "dense"                    # "dense" (theta_0 masked) or "sparsity_aware" (fan-in)
+  return d
+
+
+def _validate_dst(cfg: dict) -> None:
+  """Checks of the ``dst`` group (see :func:`dst_fields`)."""
+  dst, num_steps = cfg["dst"], cfg["train"]["num_steps"]
+  methods = list(dst["methods"])
+  if not methods or any(m not in DST_METHODS for m in methods) or len(set(methods)) != len(methods):
+    raise ConfigError("dst.methods", tuple(methods), f"distinct methods from {list(DST_METHODS)}")
+  densities = list(dst["densities"])
+  if any(not 0 < d < 1 for d in densities) or densities != sorted(set(densities), reverse=True):
+    raise ConfigError("dst.densities", tuple(densities),
+                      "() or distinct decreasing densities in (0, 1)")
+  _choice(cfg, "dst.allocation", DST_ALLOCATIONS)
+  _range(cfg, "dst.erk_power_scale", 0.0)
+  _range(cfg, "dst.update_every", 1, num_steps)
+  _range(cfg, "dst.update_end_step", 0, num_steps)
+  _range(cfg, "dst.drop_fraction", 0.0, 1.0, low_open=True, high_open=True)
+  _choice(cfg, "dst.drop_schedule", ("cosine", "constant"))
+  _choice(cfg, "dst.init", ("dense", "sparsity_aware"))

@@ -18,6 +18,7 @@ import ml_collections
 
 from kdt import config_lib
 from kdt import data as data_lib
+from kdt import fileio
 from kdt import models as models_lib
 from kdt import parallel
 from kdt import report
@@ -37,12 +38,9 @@ class InvariantError(RuntimeError):
 
 
 def write_json_atomic(path: str, payload: Any) -> None:
-  """Writes JSON via a temporary file and a rename, so a kill never leaves half a file."""
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(payload, f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
+  """Writes JSON via a temporary file and a rename, so a kill never leaves half a file
+  (in Cloud Storage: one object upload, see :func:`kdt.fileio.write_atomic`)."""
+  fileio.write_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, *,
@@ -62,8 +60,8 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, *,
   """
   path = os.path.join(workdir, "config.json")
   resolved = config_lib.to_dict(config)
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
+  if fileio.exists(path):
+    with fileio.open(path, encoding="utf-8") as f:
       stored = json.load(f)
     differences = config_lib.diff(stored, resolved)
     if not differences:
@@ -79,17 +77,39 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, *,
     if jax.process_index() == 0:
       changes_path = os.path.join(workdir, "config_changes.json")
       history = []
-      if os.path.exists(changes_path):
-        with open(changes_path, encoding="utf-8") as f:
+      if fileio.exists(changes_path):
+        with fileio.open(changes_path, encoding="utf-8") as f:
           history = json.load(f)
       history.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "changes": differences,
                       "previous": stored})
       write_json_atomic(changes_path, history)
       write_json_atomic(path, resolved)
     return
-  os.makedirs(workdir, exist_ok=True)
+  fileio.makedirs(workdir)
   if jax.process_index() == 0:
     write_json_atomic(path, resolved)
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The resolved config a workdir was run with (``workdir/config.json``)."""
+  with fileio.open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+    stored = json.load(f)
+  return ml_collections.ConfigDict(_tuples(stored))
+
+
+def _tuples(tree):
+  """JSON lists back to the tuples configs use."""
+  if isinstance(tree, dict):
+    return {k: _tuples(v) for k, v in tree.items()}
+  if isinstance(tree, list):
+    return tuple(_tuples(v) for v in tree)
+  return tree
+
+
+def load_results(workdir: str) -> Any:
+  """A workdir's ``results.json`` (IMP: one row per (round, recipe))."""
+  with fileio.open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
+    return json.load(f)
 
 
 def build_model(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo):
@@ -155,7 +175,7 @@ def dense_run(config, workdir: str, model, pinned_steps=()) -> loop.Run:
   info = data_lib.dataset_info(config.data.name)
   init = loop.init_state_fn(model, info.input_shape, direction, config.seeds.init)
   return loop.Run(
-      name="dense", directory=os.path.join(os.path.abspath(workdir), "dense"), init_state=init,
+      name="dense", directory=os.path.join(fileio.absolute(workdir), "dense"), init_state=init,
       mask=ones_mask(init), end_step=config.train.num_steps, optimizer=optimizer_spec(config),
       schedule=schedule_spec(config), loss=loss_config(config),
       pinned_steps=tuple(sorted({0, *config.train.pinned_steps, *pinned_steps})),
@@ -206,7 +226,14 @@ def run_correlation(config: ml_collections.ConfigDict, workdir: str) -> list[dic
   return experiments.run_correlation(config, workdir)
 
 
-EXPERIMENTS = {"train": run_train, "imp": run_imp, "lmc": run_lmc, "correlation": run_correlation}
+def run_dst(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+  """Experiment ``dst``: see :mod:`kdt.tickets.dst`."""
+  from kdt.tickets import dst  # builds on this module and the IMP driver
+  return dst.run_dst(config, workdir)
+
+
+EXPERIMENTS = {"train": run_train, "imp": run_imp, "lmc": run_lmc, "correlation": run_correlation,
+               "dst": run_dst}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False):

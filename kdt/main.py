@@ -12,6 +12,7 @@ from ml_collections import config_flags
 from kdt import checkpoint
 from kdt import config_lib
 from kdt import experiment
+from kdt import host_devices
 from kdt.data import DatasetUnavailableError
 from kdt.train import loop
 
@@ -29,6 +30,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   loop.install_sigterm_handler()
+  host_devices.configure_for(_CONFIG.value)  # before JAX starts: CPU split for conv nets
   try:
     experiment.run(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   except (config_lib.ConfigError, experiment.WorkdirConfigMismatchError, DatasetUnavailableError,

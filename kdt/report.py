@@ -22,6 +22,8 @@ import sys
 
 from absl import logging as absl_logging
 
+from kdt import fileio
+
 # ---------------------------------------------------------------------------------------------
 # TFRecord framing and the Event proto, by hand.
 
@@ -101,10 +103,10 @@ class EventFileWriter:
   """
 
   def __init__(self, logdir: str, filename: str | None = None):
-    os.makedirs(logdir, exist_ok=True)
+    fileio.makedirs(logdir)
     name = filename or f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
     self.path = os.path.join(logdir, name)
-    self._file = open(self.path, "wb" if filename else "ab")
+    self._file = fileio.open(self.path, "wb" if filename else "ab")
     self._file.write(tfrecord(version_event(time.time())))
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
@@ -189,10 +191,7 @@ RESULT_COLUMNS = ("round", "recipe", "density", "nominal_density", "weights_kept
 
 
 def _atomic_write(path: str, text: str) -> None:
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(tmp, path)
+  fileio.write_atomic(path, text)
 
 
 def write_results(workdir: str, rows: list[dict]) -> None:
@@ -200,10 +199,10 @@ def write_results(workdir: str, rows: list[dict]) -> None:
   from kdt import faults
   path = os.path.join(workdir, "results.json")
   tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
+  with fileio.open(tmp, "w", encoding="utf-8") as f:
     f.write(json.dumps(rows, indent=2) + "\n")
   faults.maybe_kill("results_write")
-  os.replace(tmp, path)
+  fileio.replace(tmp, path)
   columns = [c for c in RESULT_COLUMNS if any(c in r for r in rows)]
   lines = [",".join(columns)]
   for row in rows:
@@ -247,8 +246,19 @@ def matplotlib_ticker():
 
 def _save(fig, path: str) -> None:
   tmp = f"{path}.tmp.{os.getpid()}.png"
-  fig.savefig(tmp, dpi=130, bbox_inches="tight")
-  os.replace(tmp, path)
+  with fileio.open(tmp, "wb") as f:
+    fig.savefig(f, format="png", dpi=130, bbox_inches="tight")
+  fileio.replace(tmp, path)
+
+
+def distinct_ticks(percents, rel: float = 0.02) -> list[float]:
+  """Tick positions (one decimal, decreasing) for densities; values within ``rel`` of each other
+  share one tick (e.g. IMP's 17.85 % and a one-shot mask's 17.853 %), so labels never overlap."""
+  ticks: list[float] = []
+  for t in sorted({round(p, 1) for p in percents}, reverse=True):
+    if not ticks or t < ticks[-1] * (1 - rel):
+      ticks.append(t)
+  return ticks
 
 
 def plot_accuracy_vs_weights(rows: list[dict], path: str, title: str = "") -> None:
@@ -270,7 +280,7 @@ def plot_accuracy_vs_weights(rows: list[dict], path: str, title: str = "") -> No
                label="dense")
   ax.set_xscale("log")
   ax.invert_xaxis()
-  ticks = sorted({round(100 * r["density"], 1) for r in rows}, reverse=True)
+  ticks = distinct_ticks(100 * r["density"] for r in rows)
   ax.set_xticks(ticks)
   ax.set_xticklabels([f"{t:g}" for t in ticks], rotation=45)
   ax.minorticks_off()
@@ -320,6 +330,6 @@ def plot_layer_density(layer_densities: dict[str, dict[int, dict[str, float]]], 
 
 def write_imp_plots(workdir: str, rows: list[dict], layer_densities: dict, title: str = "") -> None:
   """``plots/accuracy_vs_weights.png`` and ``plots/layer_density.png``."""
-  os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
+  fileio.makedirs(os.path.join(workdir, "plots"))
   plot_accuracy_vs_weights(rows, os.path.join(workdir, "plots", "accuracy_vs_weights.png"), title)
   plot_layer_density(layer_densities, os.path.join(workdir, "plots", "layer_density.png"), title)

@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kdt.models import conv_grad
+
 
 def _pswish(x: jax.Array) -> jax.Array:
   """Parametric swish with beta = 2 (ToST ``SwishParameteric``): x * sigmoid(2x)."""
@@ -44,18 +46,22 @@ Better with Any Mask", Jaiswal et al., ICML 2022; ``LRsI/activations.py``).
 """
 
 
-def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
+def get_activation(name: str | Callable[[jax.Array], jax.Array]) -> Callable[[jax.Array], jax.Array]:
   """Returns the activation function called ``name``.
 
   Args:
-    name: a key of ``ACTIVATIONS``.
+    name: a key of ``ACTIVATIONS``, or an elementwise function, returned as is. Functions are
+      how a step-dependent blend of two activations reaches a model during sparse re-training
+      (``kdt.tickets.tweaks``: the smooth activation annealed back to ReLU).
 
   Returns:
     The elementwise function.
 
   Raises:
-    ValueError: if ``name`` is not a key of ``ACTIVATIONS``.
+    ValueError: if ``name`` is neither a key of ``ACTIVATIONS`` nor callable.
   """
+  if callable(name):
+    return name
   if name not in ACTIVATIONS:
     raise ValueError(f"unknown activation {name!r}; allowed: {', '.join(ACTIVATIONS)}")
   return ACTIVATIONS[name]
@@ -92,7 +98,11 @@ def conv(
     groups: int = 1,
     use_bias: bool = False,
 ) -> nn.Conv:
-  """A square convolution with ``CONV_INIT`` and PyTorch-style padding."""
+  """A square convolution with ``CONV_INIT`` and PyTorch-style padding.
+
+  Its weight gradient is computed in batch chunks on CPU (``kdt.models.conv_grad``: same values up
+  to float summation order, several times faster on XLA:CPU).
+  """
   return nn.Conv(
       features,
       (kernel_size, kernel_size),
@@ -104,6 +114,7 @@ def conv(
       dtype=dtype,
       param_dtype=jnp.float32,
       name=name,
+      conv_general_dilated=conv_grad.conv_general_dilated,
   )
 
 

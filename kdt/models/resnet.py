@@ -5,6 +5,12 @@ for Image Recognition", CVPR 2016). Blocks of a network are named ``layer{stage}
 (stage from 1, index from 0, as torchvision's ``layer1.0``); inside a block the modules are
 ``conv1``/``bn1``, ``conv2``/``bn2`` (and ``conv3``/``bn3``), and ``shortcut_conv``/``shortcut_bn``
 for a projection shortcut.
+
+ToST's "ghost" skip connections (Jaiswal et al., ICML 2022, ``skip_connection/models/
+resnet_modified.py``) are an option of the basic-block networks (``ghost_skips=True``): each
+:class:`BasicBlock` gets two extra 1x1 conv + BN branches, ``ghost1_conv``/``ghost1_bn`` and
+``ghost2_conv``/``ghost2_bn``, whose kernels start at the constant ``ghost_init`` (0.0001). Their
+names contain ``ghost``, so :func:`kdt.pruning.prunable_leaves` never prunes them.
 """
 
 from collections.abc import Sequence
@@ -32,21 +38,49 @@ def _shortcut(x: jax.Array, features: int, strides: int, kind: str, train: bool,
   return layers.batch_norm(train=train, dtype=dtype, name="shortcut_bn")(x)
 
 
+GHOST_INIT = 1e-4
+"""ToST's constant initial value of every ghost-branch conv weight (``weight.data.fill_(0.0001)``)."""
+
+
+def _ghost_branch(x: jax.Array, features: int, strides: int, index: int, init: float,
+                  train: bool, dtype: Any) -> jax.Array:
+  """A ghost skip branch: 1x1 conv (kernel constant ``init``, no bias) + BN."""
+  y = nn.Conv(features, (1, 1), strides=strides, padding=0, use_bias=False,
+              kernel_init=nn.initializers.constant(init), dtype=dtype, param_dtype=jnp.float32,
+              name=f"ghost{index}_conv")(x)
+  return layers.batch_norm(train=train, dtype=dtype, name=f"ghost{index}_bn")(y)
+
+
 class BasicBlock(nn.Module):
   """Two 3x3 convs with BN; act(bn2(conv2(act(bn1(conv1(x))))) + shortcut(x)).
+
+  With ``ghost=True`` (ToST ghost skips) the block computes
+
+  .. math::  h = \\mathrm{act}(\\mathrm{bn}_1(\\mathrm{conv}_1 x) + s\\,g_1(x)),\\qquad
+             y = \\mathrm{act}(\\mathrm{bn}_2(\\mathrm{conv}_2 h) + \\mathrm{shortcut}(x) + s\\,g_2(h)),
+
+  where :math:`g_1` (stride of ``conv1``) and :math:`g_2` are 1x1 conv + BN branches whose
+  kernels start at the constant ``ghost_init``, and :math:`s` is ``ghost_scale`` (1 in ToST; a
+  fade-out schedule lowers it to 0, where the block is the plain block again).
 
   Attributes:
     features: output channels.
     strides: stride of ``conv1`` (and of the shortcut).
     shortcut: ``"conv"`` (1x1 conv + BN when the shape changes) or ``"pad"`` (option A).
-    activation: key of ``layers.ACTIVATIONS``.
+    activation: key of ``layers.ACTIVATIONS`` (or an elementwise function).
+    ghost: add the two ghost skip branches.
+    ghost_init: constant initial value of the ghost conv kernels.
+    ghost_scale: multiplier of both ghost branches (a float, or a traced scalar).
     dtype: compute dtype; parameters are float32.
   """
 
   features: int
   strides: int = 1
   shortcut: str = "conv"
-  activation: str = "relu"
+  activation: Any = "relu"
+  ghost: bool = False
+  ghost_init: float = GHOST_INIT
+  ghost_scale: Any = 1.0
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -54,10 +88,24 @@ class BasicBlock(nn.Module):
     layers.check_choice("shortcut", self.shortcut, SHORTCUTS)
     act = layers.get_activation(self.activation)
     y = layers.conv(self.features, 3, strides=self.strides, dtype=self.dtype, name="conv1")(x)
-    y = act(layers.batch_norm(train=train, dtype=self.dtype, name="bn1")(y))
-    y = layers.conv(self.features, 3, dtype=self.dtype, name="conv2")(y)
+    y = layers.batch_norm(train=train, dtype=self.dtype, name="bn1")(y)
+    if self.ghost:
+      y = y + self.ghost_scale * _ghost_branch(x, self.features, self.strides, 1, self.ghost_init,
+                                               train, self.dtype)
+    h = act(y)
+    y = layers.conv(self.features, 3, dtype=self.dtype, name="conv2")(h)
     y = layers.batch_norm(train=train, dtype=self.dtype, name="bn2")(y)
-    return act(y + _shortcut(x, self.features, self.strides, self.shortcut, train, self.dtype))
+    y = y + _shortcut(x, self.features, self.strides, self.shortcut, train, self.dtype)
+    if self.ghost:
+      y = y + self.ghost_scale * _ghost_branch(h, self.features, 1, 2, self.ghost_init, train,
+                                               self.dtype)
+    return act(y)
+
+
+def _check_ghost(model: nn.Module, bottleneck: bool) -> None:
+  if model.ghost_skips and bottleneck:
+    raise ValueError(f"{type(model).__name__}: ghost_skips=True needs basic blocks; this network "
+                     "uses bottleneck blocks (ToST adds ghost skips to BasicBlock only)")
 
 
 class Bottleneck(nn.Module):
@@ -109,7 +157,10 @@ class CifarResNet(nn.Module):
     depth: 6n + 2 layers.
     width: channels of the first stage (open_lth's W, 16 by default).
     shortcut: ``"conv"`` or ``"pad"``.
-    activation: key of ``layers.ACTIVATIONS``.
+    activation: key of ``layers.ACTIVATIONS`` (or an elementwise function).
+    ghost_skips: ToST ghost skip branches in every block (see :class:`BasicBlock`).
+    ghost_init: constant initial value of the ghost conv kernels.
+    ghost_scale: multiplier of every ghost branch.
     dtype: compute dtype; parameters are float32.
   """
 
@@ -117,7 +168,10 @@ class CifarResNet(nn.Module):
   depth: int = 20
   width: int = 16
   shortcut: str = "conv"
-  activation: str = "relu"
+  activation: Any = "relu"
+  ghost_skips: bool = False
+  ghost_init: float = GHOST_INIT
+  ghost_scale: Any = 1.0
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -130,7 +184,9 @@ class CifarResNet(nn.Module):
     for stage in range(3):
       for index in range((self.depth - 2) // 6):
         x = BasicBlock(self.width * 2**stage, strides=2 if stage and not index else 1,
-                       shortcut=self.shortcut, activation=self.activation, dtype=self.dtype,
+                       shortcut=self.shortcut, activation=self.activation,
+                       ghost=self.ghost_skips, ghost_init=self.ghost_init,
+                       ghost_scale=self.ghost_scale, dtype=self.dtype,
                        name=f"layer{stage + 1}_{index}")(x, train)
     return layers.head(layers.global_avg_pool(x), self.num_classes,
                        kernel_init=layers.HE_NORMAL_FAN_IN, dtype=self.dtype)
@@ -155,13 +211,19 @@ class OResNet(nn.Module):
   Attributes:
     num_classes: number of output logits.
     depth: 6n + 2.
-    activation: key of ``layers.ACTIVATIONS``.
+    activation: key of ``layers.ACTIVATIONS`` (or an elementwise function).
+    ghost_skips: ToST ghost skip branches (basic-block depths < 54 only).
+    ghost_init: constant initial value of the ghost conv kernels.
+    ghost_scale: multiplier of every ghost branch.
     dtype: compute dtype; parameters are float32.
   """
 
   num_classes: int
   depth: int = 56
-  activation: str = "relu"
+  activation: Any = "relu"
+  ghost_skips: bool = False
+  ghost_init: float = GHOST_INIT
+  ghost_scale: Any = 1.0
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -171,11 +233,14 @@ class OResNet(nn.Module):
     act = layers.get_activation(self.activation)
     x = layers.conv(16, 3, dtype=self.dtype, name="stem")(x)
     x = act(layers.batch_norm(train=train, dtype=self.dtype, name="stem_bn")(x))
+    _check_ghost(self, self.depth >= 54)
+    ghost = {"ghost": True, "ghost_init": self.ghost_init,
+             "ghost_scale": self.ghost_scale} if self.ghost_skips else {}
     block = Bottleneck if self.depth >= 54 else BasicBlock
     for stage, features in enumerate((16, 32, 64)):
       for index in range((self.depth - 2) // 6):
         x = block(features, strides=2 if stage and not index else 1, activation=self.activation,
-                  dtype=self.dtype, name=f"layer{stage + 1}_{index}")(x, train)
+                  dtype=self.dtype, name=f"layer{stage + 1}_{index}", **ghost)(x, train)
     x = nn.avg_pool(x, (8, 8), strides=(8, 8)).reshape((x.shape[0], -1))
     return layers.head(x, self.num_classes, kernel_init=layers.TORCH_LINEAR_INIT,
                        dtype=self.dtype)
@@ -199,7 +264,10 @@ class ResNet(nn.Module):
     stage_sizes: blocks per stage, e.g. (2, 2, 2, 2) for ResNet-18, (3, 4, 6, 3) for 34 and 50.
     bottleneck: bottleneck blocks (ResNet-50) instead of basic blocks.
     stem: ``"cifar"`` or ``"imagenet"``.
-    activation: key of ``layers.ACTIVATIONS``.
+    activation: key of ``layers.ACTIVATIONS`` (or an elementwise function).
+    ghost_skips: ToST ghost skip branches (basic blocks only, i.e. ResNet-18/34).
+    ghost_init: constant initial value of the ghost conv kernels.
+    ghost_scale: multiplier of every ghost branch.
     dtype: compute dtype; parameters are float32.
   """
 
@@ -207,7 +275,10 @@ class ResNet(nn.Module):
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   bottleneck: bool = False
   stem: str = "cifar"
-  activation: str = "relu"
+  activation: Any = "relu"
+  ghost_skips: bool = False
+  ghost_init: float = GHOST_INIT
+  ghost_scale: Any = 1.0
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -220,11 +291,14 @@ class ResNet(nn.Module):
     x = act(layers.batch_norm(train=train, dtype=self.dtype, name="stem_bn")(x))
     if imagenet:
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    _check_ghost(self, self.bottleneck)
+    ghost = {"ghost": True, "ghost_init": self.ghost_init,
+             "ghost_scale": self.ghost_scale} if self.ghost_skips else {}
     block = Bottleneck if self.bottleneck else BasicBlock
     for stage, size in enumerate(self.stage_sizes):
       for index in range(size):
         x = block(64 * 2**stage, strides=2 if stage and not index else 1,
                   activation=self.activation, dtype=self.dtype,
-                  name=f"layer{stage + 1}_{index}")(x, train)
+                  name=f"layer{stage + 1}_{index}", **ghost)(x, train)
     return layers.head(layers.global_avg_pool(x), self.num_classes,
                        kernel_init=layers.TORCH_LINEAR_INIT, dtype=self.dtype)

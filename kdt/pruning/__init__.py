@@ -13,6 +13,10 @@ The pieces, all pure and jit-able over parameter pytrees unless noted:
   summaries (host-side), overlap and checksums.
 * :mod:`~kdt.pruning.schedules`: IMP densities and exact counts, one-shot lists
   (KD-ticket), SynFlow's exponential schedule, gradual (polynomial) sparsity.
+* :mod:`~kdt.pruning.dynamic`: RigL / SET drop-and-grow mask updates, their
+  drop-fraction schedule and the sparsity-aware (per-neuron fan-in) initialisation.
+* :mod:`~kdt.pruning.basis`: masks on the coefficients of the weights in an
+  orthonormal basis (identity, DCT), the "generalized lottery ticket".
 
 A typical IMP round::
 

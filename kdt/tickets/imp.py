@@ -15,6 +15,16 @@ weights to the round's density (``"oneshot"``, the KD-ticket protocol). The cont
 ``random_reinit`` and ``random_prune`` use the control recipe's mask (or a random mask with its
 per-layer counts) in every round.
 
+Re-training tweaks (``config.tost``, :mod:`kdt.tickets.tweaks`): the recipe ``tost`` re-trains
+the control recipe's subnetwork, and the recipes in ``tost.recipes`` their own, with ToST's
+tweaks (smooth activation, ghost skips, label smoothing, GradInit) on a network of their own;
+``round_RR/<recipe>/gradinit_scales.json`` holds the GradInit scales. Masks stay those of the
+dense network's parameters (ghost branches are never pruned).
+
+Tickets in another basis (``imp.mask_basis``, :mod:`kdt.pruning.basis`): the network is
+parametrised by the coefficients c of w = B c, so training, pruning, masks and the reported
+densities are all about coefficients.
+
 A finished run (final checkpoint marked finished) is loaded, never retrained; a saved mask is
 loaded, never recomputed.
 """
@@ -38,9 +48,11 @@ from kdt import checkpoint as checkpoint_lib
 from kdt import data as data_lib
 from kdt import experiment
 from kdt import faults
+from kdt import fileio
 from kdt import parallel
 from kdt import pruning
 from kdt import report
+from kdt.pruning import basis as basis_lib
 from kdt.tickets import recipes as recipes_lib
 from kdt.tickets import tweaks as tweaks_lib
 from kdt.train import loop
@@ -60,7 +72,7 @@ class Trained:
 
 
 def round_dir(workdir: str, round_index: int, recipe: str) -> str:
-  return os.path.join(os.path.abspath(workdir), f"round_{round_index:02d}", recipe)
+  return os.path.join(fileio.absolute(workdir), f"round_{round_index:02d}", recipe)
 
 
 def round_densities(imp: ml_collections.ConfigDict) -> list[float]:
@@ -83,7 +95,7 @@ class MaskStore:
     masks are pure functions of earlier, verified results, so recomputing is exact.
     """
     path = os.path.join(directory, "mask")
-    if os.path.isdir(path):
+    if fileio.isdir(path):
       abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.bool_), like)
       try:
         return self._checkpointer.restore(path, abstract)
@@ -96,7 +108,7 @@ class MaskStore:
         if jax.process_index() == 0:
           os.rename(path, target)
     mask = compute()
-    os.makedirs(directory, exist_ok=True)
+    fileio.makedirs(directory)
     self._checkpointer.save(path, mask)
     self._checkpointer.wait_until_finished()
     return mask
@@ -119,6 +131,9 @@ class IMPDriver:
     self.mesh = parallel.make_mesh()
     self.dataset = experiment.load_data(config)
     self.model = experiment.build_model(config, self.dataset.info)
+    # imp.mask_basis: the network parametrised by the coefficients that the masks prune.
+    self.model = basis_lib.wrap_model(self.model, self.imp.mask_basis, selector=self.imp.selector,
+                                      prune_stem=self.imp.prune_stem)
     self.trainer = experiment.make_trainer(config, workdir, self.dataset, self.model, self.mesh)
     # ToST re-training tweaks (config.tost): the re-training network and its own trainer.
     self.tweaks = tweaks_lib.RetrainTweaks(config, self.model, self.dataset.info.input_shape)

@@ -16,10 +16,13 @@ kd_lr_rewind   theta_T             steps k..T replayed  KD   own lineage        
 random_reinit  fresh random init   full                 CE   control's mask     control (Frankle & Carbin)
 random_prune   as the control      as the control       CE   random, same per-  control (open_lth
                                                               layer density      ``randomly_prune``)
+tost           as the control      as the control       CE   control's mask     Jaiswal et al. 2022 (ToST)
 ============== =================== ==================== ==== ================== ==========================
 
 "theta_T (trained)" is this recipe's own model from the previous round (the dense model in round 1).
 The *control* recipe of the two controls is ``config.imp.control_recipe`` (default ``lth``).
+``tost`` re-trains the control recipe's subnetwork (same mask, weights and schedule) with the
+sparse re-training tweaks of ``config.tost`` (:mod:`kdt.tickets.tweaks`): "LTH + tweaks".
 
 Optimizer state: every re-training starts with a fresh optimizer state (zero momentum / Adam
 moments), as open_lth does when it starts a new pruning level and as Renda et al. do for
@@ -78,6 +81,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("kd_lr_rewind", weights="trained", schedule="from_rewind", kd=True),
     Recipe("random_reinit", weights="random", schedule="full", mask="control"),
     Recipe("random_prune", weights="control", schedule="control", mask="random_like_control"),
+    Recipe("tost", weights="control", schedule="control", mask="control"),
 )}
 
 

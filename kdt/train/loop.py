@@ -181,6 +181,17 @@ class Trainer:
 
   def _train_step_fn(self, key):
     """Builds the jitted (preprocess -> teacher -> train_step) function for one variant."""
+    return jax.jit(self.step_function(key), donate_argnums=(0,),
+                   out_shardings=(self._replicated, self._replicated))
+
+  def step_function(self, key) -> Callable:
+    """The pure, un-jitted step of one variant (``key``: :meth:`variant`).
+
+    ``step_fn(state, mask, raw_batch, teacher, augment_key) -> (state, metrics)``: preprocess and
+    augment the raw batch (key folded with ``state.step``), the teacher's logits, then
+    :func:`kdt.train.steps.train_step`. :class:`Trainer` jits it once per variant;
+    :mod:`kdt.tickets.batch` maps it over a leading ticket axis.
+    """
     optimizer, schedule, loss, teacher_kind = key
     direction, schedule_fn = optimizer.make(), schedule.make()
     info, augment = self.dataset.info, self._device_augment
@@ -198,13 +209,18 @@ class Trainer:
       return steps.train_step(state, mask, batch, teacher_logits, model=self._train_model,
                               direction=direction, schedule=schedule_fn, loss=loss)
 
-    return jax.jit(step_fn, donate_argnums=(0,), out_shardings=(self._replicated, self._replicated))
+    return step_fn
+
+  @staticmethod
+  def variant(run: Run) -> tuple:
+    """What selects a compiled step: ``(optimizer, schedule, loss, teacher kind)``."""
+    teacher_kind = ("model" if run.teacher is not None else
+                    "cached" if run.teacher_logits_table is not None else "none")
+    return (run.optimizer, run.schedule, run.loss, teacher_kind)
 
   def train_step_for(self, run: Run) -> Callable:
     """The compiled step for ``run``'s variant (cached: one compile per variant)."""
-    teacher_kind = ("model" if run.teacher is not None else
-                    "cached" if run.teacher_logits_table is not None else "none")
-    key = (run.optimizer, run.schedule, run.loss, teacher_kind)
+    key = self.variant(run)
     if key not in self._train_steps:
       self._train_steps[key] = self._train_step_fn(key)
     return self._train_steps[key]

@@ -8,6 +8,11 @@ The train step applies it three times —
 3. to the final update (so weight decay and anything else never revive a pruned weight) —
 
 so pruned weights stay exactly ``0.0`` for any optimizer.
+
+Step-conditioned models. A model whose forward pass depends on the position on the schedule (the
+re-training tweaks of :mod:`kdt.tickets.tweaks`: a smooth activation annealed back to ReLU, ghost
+skip branches faded out) says so with a true ``conditioned_on_step`` attribute; these steps then
+call ``model.apply(..., step=step)``. Every other model is called exactly as before.
 """
 
 from __future__ import annotations
@@ -30,6 +35,15 @@ def apply_mask(tree: Any, mask: Any) -> Any:
 
 def _variables(params, batch_stats):
   return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+
+
+def apply_model(model: Any, variables: dict, images: jax.Array, *, train: bool,
+                step: jax.Array | None = None, **kwargs) -> Any:
+  """``model.apply(variables, images, train=train, **kwargs)``, passing ``step`` to models with a
+  true ``conditioned_on_step`` attribute (``None`` = their end-of-schedule form)."""
+  if getattr(model, "conditioned_on_step", False):
+    return model.apply(variables, images, train=train, step=step, **kwargs)
+  return model.apply(variables, images, train=train, **kwargs)
 
 
 def compute_loss(logits: jax.Array, labels: jax.Array, teacher_logits: jax.Array | None,
@@ -73,10 +87,12 @@ def train_step(state: TrainState, mask: Any, batch: dict, teacher_logits: jax.Ar
   def loss_fn(params):
     variables = _variables(apply_mask(params, mask), state.batch_stats)
     if has_bn:
-      logits, updates = model.apply(variables, batch["image"], train=True, mutable=["batch_stats"])
+      logits, updates = apply_model(model, variables, batch["image"], train=True, step=state.step,
+                                    mutable=["batch_stats"])
       new_batch_stats = updates["batch_stats"]
     else:
-      logits, new_batch_stats = model.apply(variables, batch["image"], train=True), state.batch_stats
+      logits = apply_model(model, variables, batch["image"], train=True, step=state.step)
+      new_batch_stats = state.batch_stats
     value = compute_loss(logits, batch["label"], teacher_logits, state.step, loss)
     return value, (logits, new_batch_stats)
 
@@ -96,7 +112,8 @@ def train_step(state: TrainState, mask: Any, batch: dict, teacher_logits: jax.Ar
   return new_state, metrics
 
 
-def eval_step(params: Any, batch_stats: Any, mask: Any, batch: dict, *, model: nn.Module) -> dict:
+def eval_step(params: Any, batch_stats: Any, mask: Any, batch: dict, *, model: nn.Module,
+              step: jax.Array | None = None) -> dict:
   """Sums of correct predictions, CE loss and weight over one (padded) eval batch.
 
   Args:
@@ -105,11 +122,13 @@ def eval_step(params: Any, batch_stats: Any, mask: Any, batch: dict, *, model: n
     mask: bool pytree; applied to ``params``.
     batch: ``{"image", "label", "weight"}``; ``weight`` is 0 on padding rows.
     model: the Flax module.
+    step: schedule position, for step-conditioned models only (see the module docstring).
 
   Returns:
     ``{"correct": sum, "loss": sum, "count": sum}`` — divide to get accuracy and mean loss.
   """
-  logits = model.apply(_variables(apply_mask(params, mask), batch_stats), batch["image"], train=False)
+  logits = apply_model(model, _variables(apply_mask(params, mask), batch_stats), batch["image"],
+                       train=False, step=step)
   logits = logits.astype(jnp.float32)
   weight = batch["weight"]
   per_example = -jnp.take_along_axis(jax.nn.log_softmax(logits), batch["label"][:, None], -1)[:, 0]

@@ -1,0 +1,158 @@
+"""Several seeds of one experiment: mean and spread per (recipe, round), paired gaps, a plot.
+
+Small tasks such as the digits quickstarts are noisy: one seed's difference between two recipes
+is often below the seed-to-seed spread. Run the same config with several seeds, one workdir
+each, then::
+
+  python -m kdt.tickets.compare --workdirs /tmp/q_s0 /tmp/q_s1 /tmp/q_s2 --out /tmp/q_summary \\
+      --baseline lth
+
+writes ``summary.json`` (per recipe and round: mean density, mean / std / min / max of the test
+accuracy over seeds and, with ``--baseline``, the mean and std of the per-seed gap to the baseline
+recipe at the same round) and ``accuracy_vs_weights.png`` (mean ± std against weights
+remaining), and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+from typing import Sequence
+
+from kdt import fileio
+from kdt import report
+
+
+def load_runs(workdirs: Sequence[str]) -> list[list[dict]]:
+  """The ``results.json`` rows of every workdir."""
+  runs = []
+  for workdir in workdirs:
+    with fileio.open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
+      runs.append(json.load(f))
+  return runs
+
+
+def _std(values: list[float]) -> float:
+  return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize(runs: list[list[dict]], *, metric: str = "test_accuracy",
+              baseline: str | None = None) -> list[dict]:
+  """Per (recipe, round) statistics of ``metric`` over the runs (seeds).
+
+  Args:
+    runs: one list of result rows per seed (:func:`load_runs`).
+    metric: the row field to summarise.
+    baseline: a recipe name; adds ``gap_mean`` / ``gap_std``, the per-seed difference
+      ``metric(recipe) - metric(baseline)`` at the same round (the dense row counts as round 0 of
+      every recipe).
+
+  Returns:
+    Rows ``{"recipe", "round", "density", "n", "mean", "std", "min", "max"[, "gap_mean",
+    "gap_std"]}`` in the order the recipes first appear.
+  """
+  keys: list[tuple[str, int]] = []
+  values: dict[tuple[str, int], list[float]] = {}
+  densities: dict[tuple[str, int], list[float]] = {}
+  per_seed: list[dict[tuple[str, int], float]] = []
+  for rows in runs:
+    seed = {}
+    for row in rows:
+      key = (row["recipe"], int(row["round"]))
+      if key not in values:
+        keys.append(key)
+        values[key], densities[key] = [], []
+      values[key].append(float(row[metric]))
+      densities[key].append(float(row["density"]))
+      seed[key] = float(row[metric])
+    per_seed.append(seed)
+  out = []
+  for key in keys:
+    v = values[key]
+    entry = {"recipe": key[0], "round": key[1], "density": statistics.fmean(densities[key]),
+             "n": len(v), "mean": statistics.fmean(v), "std": _std(v), "min": min(v),
+             "max": max(v)}
+    if baseline is not None and key[0] not in (baseline, "dense"):
+      base_key = (baseline, key[1]) if key[1] else ("dense", 0)
+      gaps = [s[key] - s[base_key] for s in per_seed if key in s and base_key in s]
+      if gaps:
+        entry.update(gap_mean=statistics.fmean(gaps), gap_std=_std(gaps), gap_n=len(gaps))
+    out.append(entry)
+  return out
+
+
+def format_summary(summary: list[dict], title: str = "", metric: str = "test_accuracy") -> str:
+  """A fixed-width table of :func:`summarize`'s rows (accuracies in percent)."""
+  has_gap = any("gap_mean" in s for s in summary)
+  header = (f"{'round':>5}  {'recipe':<14} {'weights left':>12}  {'n':>2}  {metric + ' mean':>20}"
+            f"  {'std':>6}  {'min':>6}  {'max':>6}" + (f"  {'gap to baseline':>17}" if has_gap else ""))
+  lines = ([title] if title else []) + [header, "-" * len(header)]
+  for s in sorted(summary, key=lambda s: (s["recipe"] != "dense", s["recipe"], s["round"])):
+    line = (f"{s['round']:>5}  {s['recipe']:<14} {100 * s['density']:>11.2f}%  {s['n']:>2}  "
+            f"{100 * s['mean']:>20.2f}  {100 * s['std']:>6.2f}  {100 * s['min']:>6.2f}  "
+            f"{100 * s['max']:>6.2f}")
+    if "gap_mean" in s:
+      line += f"  {100 * s['gap_mean']:>+8.2f} ± {100 * s['gap_std']:<5.2f}"
+    lines.append(line)
+  return "\n".join(lines)
+
+
+def plot_summary(summary: list[dict], path: str, title: str = "") -> None:
+  """Mean ± std test accuracy against percent of weights remaining (log x), one line per recipe."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  dense = [s for s in summary if s["recipe"] == "dense"]
+  for recipe in dict.fromkeys(s["recipe"] for s in summary if s["recipe"] != "dense"):
+    points = sorted(((100 * s["density"], 100 * s["mean"], 100 * s["std"]) for s in summary
+                     if s["recipe"] == recipe), reverse=True)
+    if dense:
+      points = [(100.0, 100 * dense[0]["mean"], 100 * dense[0]["std"])] + points
+    xs, ys, es = zip(*points)
+    ax.errorbar(xs, ys, yerr=es, marker="o", markersize=4, capsize=3, label=recipe,
+                linestyle="--" if recipe in ("random_reinit", "random_prune", "static") else "-")
+  if dense:
+    ax.axhline(100 * dense[0]["mean"], color="black", linewidth=1, linestyle=":", label="dense")
+  ax.set_xscale("log")
+  ax.invert_xaxis()
+  ticks = report.distinct_ticks(100 * s["density"] for s in summary)
+  ax.set_xticks(ticks)
+  ax.set_xticklabels([f"{t:g}" for t in ticks], rotation=45)
+  ax.minorticks_off()
+  ax.set_xlabel("percent of prunable weights remaining (log scale)")
+  ax.set_ylabel("test accuracy (%), mean ± std over seeds")
+  n = max((s["n"] for s in summary), default=0)
+  ax.set_title(title or f"accuracy vs. weights remaining ({n} seeds)")
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize=8)
+  tmp = f"{path}.tmp.{os.getpid()}.png"
+  fig.savefig(tmp, dpi=130, bbox_inches="tight")
+  os.replace(tmp, path)
+  plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict]:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--workdirs", nargs="+", required=True, help="one workdir per seed")
+  parser.add_argument("--out", required=True, help="directory for summary.json and the plot")
+  parser.add_argument("--baseline", default=None, help="recipe the gaps are measured against")
+  parser.add_argument("--metric", default="test_accuracy")
+  parser.add_argument("--title", default="")
+  args = parser.parse_args(argv)
+  summary = summarize(load_runs(args.workdirs), metric=args.metric, baseline=args.baseline)
+  os.makedirs(args.out, exist_ok=True)
+  with open(os.path.join(args.out, "summary.json"), "w", encoding="utf-8") as f:
+    json.dump({"workdirs": list(args.workdirs), "metric": args.metric,
+               "baseline": args.baseline, "rows": summary}, f, indent=2)
+  title = args.title or f"{len(args.workdirs)} seeds"
+  plot_summary(summary, os.path.join(args.out, "accuracy_vs_weights.png"), title)
+  print(format_summary(summary, title, args.metric), flush=True)
+  return summary
+
+
+if __name__ == "__main__":
+  main()
