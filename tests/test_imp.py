@@ -37,8 +37,12 @@ def _config(recipes=ALL_RECIPES, num_rounds=2):
   return config
 
 
+class SimulatedKill(Exception):
+  """Stands in for the process dying at a training batch."""
+
+
 class _Counting:
-  """Wraps a dataset: counts training batches; raises KeyboardInterrupt at call ``crash_at``."""
+  """Wraps a dataset: counts training batches; raises SimulatedKill at call ``crash_at``."""
 
   def __init__(self, dataset, crash_at=None):
     self._dataset, self.crash_at, self.calls = dataset, crash_at, 0
@@ -49,7 +53,7 @@ class _Counting:
   def train_batch(self, *args, **kwargs):
     self.calls += 1
     if self.crash_at is not None and self.calls == self.crash_at:
-      raise KeyboardInterrupt(f"simulated kill at training batch {self.calls}")
+      raise SimulatedKill(f"simulated kill at training batch {self.calls}")
     return self._dataset.train_batch(*args, **kwargs)
 
 
@@ -192,7 +196,7 @@ def test_interrupted_run_ends_with_identical_results(where, small_reference, dig
               "between_rounds": dense_calls + per_round + 1,
               "round2_mid": dense_calls + per_round + per_round // 2}[where]
   workdir = str(tmp_path / where)
-  with pytest.raises(KeyboardInterrupt):
+  with pytest.raises(SimulatedKill):
     _run(_config(SMALL), workdir, digits, monkeypatch, crash_at=crash_at)
   _, resumed, counting = _run(_config(SMALL), workdir, digits, monkeypatch)
   assert _comparable(resumed) == _comparable(rows)
