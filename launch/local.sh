@@ -10,7 +10,7 @@
 #   --processes N  start N processes with KDT_DISTRIBUTED=1 and KDT_COORDINATOR=127.0.0.1:PORT,
 #                  KDT_NUM_PROCESSES=N, KDT_PROCESS_ID=i; each loads only its rows of every batch.
 #                  Process 0 prints to the terminal, process i > 0 to DIR/logs/process_i.log.
-#                  If one process fails the others are stopped.
+#                  If one process fails the others are stopped (SIGTERM, then SIGKILL after 30 s).
 #   --devices N    give each process N fake CPU devices (XLA_FLAGS=
 #                  --xla_force_host_platform_device_count=N, JAX_PLATFORMS=cpu), e.g. to try data
 #                  parallelism on a laptop.
@@ -80,7 +80,8 @@ if [[ "$PROCESSES" == 1 ]]; then
 fi
 
 if [[ -z "$PORT" ]]; then
-  PORT="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null || echo 12355)"
+  PORT="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null || true)"
+  [[ "$PORT" =~ ^[0-9]+$ ]] || PORT=12355
 fi
 LOG_DIR="$WORKDIR/logs"
 echo "Running kdt in $PROCESSES processes on localhost (coordinator 127.0.0.1:$PORT): config $CONFIG, workdir $WORKDIR."
@@ -88,10 +89,24 @@ echo "Process 0 prints here; process i > 0 logs to $LOG_DIR/process_i.log."
 [[ "$DRY_RUN" == 1 ]] || mkdir -p "$LOG_DIR"
 
 PIDS=()
+STOP_GRACE_SECONDS="${KDT_STOP_GRACE_SECONDS:-30}"
 stop_all() {
-  local pid
+  # SIGTERM first (kdt checkpoints its current step and exits); a process still running after the
+  # grace period is stuck (e.g. in a collective with a dead peer) and gets SIGKILL.
+  local pid alive t
   for pid in "${PIDS[@]+"${PIDS[@]}"}"; do
     kill -TERM "$pid" 2> /dev/null || true
+  done
+  for ((t = 0; t < STOP_GRACE_SECONDS; t++)); do
+    alive=0
+    for pid in "${PIDS[@]+"${PIDS[@]}"}"; do
+      if kill -0 "$pid" 2> /dev/null; then alive=1; fi
+    done
+    [[ "$alive" == 1 ]] || return 0
+    sleep 1
+  done
+  for pid in "${PIDS[@]+"${PIDS[@]}"}"; do
+    kill -KILL "$pid" 2> /dev/null || true
   done
 }
 trap 'stop_all' INT TERM

@@ -4,6 +4,8 @@ import os
 import shlex
 import shutil
 import subprocess
+import textwrap
+import time
 
 import pytest
 
@@ -163,3 +165,26 @@ def test_every_script_has_help_and_strict_mode(script):
     text = f.read()
   assert text.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in text
   assert os.access(os.path.join(LAUNCH, script), os.X_OK)
+
+
+def test_local_stops_the_other_processes_when_one_fails(tmp_path):
+  """Process 1 fails at once; process 0 ignores SIGTERM (as one stuck in a collective would): it
+  is killed after the grace period and local.sh exits with the failure's status."""
+  fake = tmp_path / "fake_python"
+  fake.write_text(textwrap.dedent("""\
+      #!/usr/bin/env bash
+      case "${KDT_PROCESS_ID:-}" in
+        1) echo "process 1 fails"; exit 3 ;;
+        0) trap '' TERM; echo "process 0 hangs"; exec sleep 60 ;;
+        *) echo 23457 ;;  # the free-port probe
+      esac
+      """))
+  fake.chmod(0o755)
+  start = time.time()
+  proc = _run("local.sh", "--config", "configs/quickstart.py", "--workdir", str(tmp_path / "w"),
+              "--processes", "2", "--python", str(fake),
+              env=dict(os.environ, KDT_STOP_GRACE_SECONDS="1"))
+  assert proc.returncode == 3
+  assert time.time() - start < 30
+  assert "a process exited with status 3; stopping the others" in proc.stderr
+  assert "process 1 fails" in (tmp_path / "w" / "logs" / "process_1.log").read_text()

@@ -466,3 +466,35 @@ def test_seed_summary_gives_mean_spread_and_paired_gaps(tmp_path):
   assert "gap_mean" not in by["lth", 1] and "gap_mean" not in by["dense", 0]
   assert os.path.exists(tmp_path / "out" / "accuracy_vs_weights.png")
   assert json.load(open(tmp_path / "out" / "summary.json"))["baseline"] == "lth"
+
+
+def test_gradinit_objective_gradient_holds_the_inner_step_constant():
+  """d/d alpha_l of L(alpha theta0 - eta g) / eta with g fixed: <grad L(theta'), theta0_l> / eta."""
+  model = models.create_model("lenet_300_100", num_classes=10, input_shape=DIGITS)
+  params0 = _variables(model)["params"]
+  mask = jax.tree.map(lambda p: jnp.ones(p.shape, bool), params0)
+  rng = np.random.default_rng(5)
+  batch = lambda: {"image": jnp.asarray(rng.normal(size=(16, *DIGITS)), jnp.float32),
+                   "label": jnp.asarray(rng.integers(0, 10, 16))}
+  a, b = batch(), batch()
+  alpha = jax.tree.map(lambda p: jnp.float32(0.8), params0)
+  settings = gradinit.GradInitSettings(eta=0.1)
+  grads, metrics = gradinit.scale_gradients(alpha, params0, {}, mask, a, b, model=model,
+                                            settings=settings)
+  loss = lambda p, x: gradinit._loss(model, p, {}, mask, x["image"], x["label"])
+  theta = jax.tree.map(lambda s, p: s * p, alpha, params0)
+  moved = jax.tree.map(lambda t, g: t - 0.1 * g, theta, jax.grad(loss)(theta, a))
+  g1 = jax.grad(loss)(moved, b)
+  expected = jax.tree.map(lambda g, p: jnp.sum(g * p) / 0.1, g1, params0)
+  for x, y in zip(jax.tree.leaves(grads), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(x, y, rtol=2e-4, atol=1e-6)
+  np.testing.assert_allclose(metrics["loss1"], loss(moved, b), rtol=1e-5)
+  # With a norm constraint below the gradient norm, the step descends on ||g|| instead.
+  settings = gradinit.GradInitSettings(eta=0.1, gamma=1e-6)
+  grads, metrics = gradinit.scale_gradients(alpha, params0, {}, mask, a, b, model=model,
+                                            settings=settings)
+  gnorm = lambda s: jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(
+      jax.grad(loss)(jax.tree.map(lambda c, p: c * p, s, params0), a))))
+  for x, y in zip(jax.tree.leaves(grads), jax.tree.leaves(jax.grad(gnorm)(alpha))):
+    np.testing.assert_allclose(x, y, rtol=2e-4, atol=1e-6)
+  assert bool(metrics["constraint"]) and np.isnan(metrics["loss1"])

@@ -17,10 +17,13 @@ Strategies:
 * ``"shard_map"`` — the ticket axis split over this host's devices with ``jax.shard_map`` (each
   device trains its own tickets, vmapped; no cross-device traffic). One process only.
 
-Measured on the 2-core CPU of this project (``python -m kdt.tickets.batch``, K=4, batch 64,
-digits, ms per step of all four tickets): conv2 — sequential 85, vmap 234 (2.7x), lax_map 1089
-(12.8x); resnet20 — sequential 190, vmap 253 (1.3x), lax_map 1293 (6.8x). ``"auto"`` picks per
-backend (:func:`choose_strategy`) and the run log says which and why.
+Measured on the 2-core CPU of this project (K=4 tickets, batch 64 each, the strategies interleaved
+step by step on a shared, loaded machine, medians of per-step ratios): ResNet-20 on CIFAR-shaped
+32x32x3 inputs — vmap 2.9x the time of sequential (8.3 s vs 3.1 s per step); Conv-2 on digits —
+vmap 2.6x, lax_map 12.8x; with 4 host devices, shard_map took 0.74x the time of sequential run
+data-parallel over those devices, but both were slower than sequential on one device. ``"auto"``
+picks per backend (:func:`choose_strategy`) and the run log says which and why; ``python -m
+kdt.tickets.batch`` (and ``python -m kdt.bench --sections tickets``) re-measure.
 
 With ``"vmap"``, ``"sequential"`` and ``"lax_map"`` the data-parallel mesh still applies (state
 replicated, each ticket's batch sharded over ``"data"``), on one host or many. All tickets share

@@ -164,32 +164,31 @@ def _loss(model, params, batch_stats, mask, images, labels) -> jax.Array:
   return losses.cross_entropy(logits.astype(jnp.float32), labels)
 
 
-def gradinit_step(state: ScaleState, params0: Any, batch_stats: Any, mask: Any, floors: Any,
-                  batch_a: dict, batch_b: dict, *, model, settings: GradInitSettings) -> tuple:
-  """One GradInit iteration (pure; ``model`` and ``settings`` are static).
+def scale_gradients(alpha: Any, params0: Any, batch_stats: Any, mask: Any, batch_a: dict,
+                    batch_b: dict, *, model, settings: GradInitSettings) -> tuple:
+  """The gradient of GradInit's objective with respect to the scales (pure).
 
   Args:
-    state: the scales' :class:`ScaleState`.
+    alpha: per-leaf scales; the network is :math:`m \\odot \\alpha \\odot \\theta^0`.
     params0: the initial parameters :math:`\\theta^0`.
     batch_stats: BN statistics (only their structure matters: BN runs in training mode).
-    mask: bool pytree; the searched network is :math:`m \\odot \\alpha \\odot \\theta^0`.
-    floors: per-leaf lower bounds of the scales (:func:`min_scales`).
+    mask: bool pytree.
     batch_a: ``{"image", "label"}`` of :math:`S_0 \\cup S_1` (gradient of the inner step).
     batch_b: ``{"image", "label"}`` of :math:`S_0 \\cup S_2` (loss after the inner step).
     model: the network.
     settings: hyper-parameters.
 
   Returns:
-    ``(new_state, metrics)`` with ``loss0``, ``loss1`` (after the inner step; NaN on constraint
-    steps), ``gnorm`` and ``constraint``.
+    ``(grads, metrics)``: :math:`\\partial\\|g\\| / \\partial\\alpha` on a constraint step
+    (:math:`\\|g\\| > \\gamma`), else :math:`\\partial (L(\\theta')/\\eta) / \\partial\\alpha` with the
+    inner step held constant; metrics ``loss0``, ``loss1`` (NaN on constraint steps), ``gnorm``
+    and ``constraint``.
   """
-  active = jax.tree.map(lambda p: jnp.any(p != 0), params0)
+  def params_at(a):
+    return jax.tree.map(lambda s, p: s * p, a, params0)
 
-  def params_at(alpha):
-    return jax.tree.map(lambda a, p: a * p, alpha, params0)
-
-  def inner(alpha):
-    loss0, g = jax.value_and_grad(_loss, argnums=1)(model, params_at(alpha), batch_stats, mask,
+  def inner(a):
+    loss0, g = jax.value_and_grad(_loss, argnums=1)(model, params_at(a), batch_stats, mask,
                                                     batch_a["image"], batch_a["label"])
     leaves = jax.tree.leaves(g)
     if settings.alg == "adam":
@@ -198,35 +197,58 @@ def gradinit_step(state: ScaleState, params0: Any, batch_stats: Any, mask: Any, 
       gnorm = jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in leaves))
     return loss0, g, gnorm
 
-  def objective(alpha):
-    loss0, g, gnorm = inner(alpha)
+  def objective(a):
+    _, g, gnorm = inner(a)
     if settings.alg == "adam":
       update = jax.tree.map(lambda x: settings.eta * jnp.sign(x), g)
     else:
       scale = settings.eta / gnorm if settings.normalize_grad else settings.eta
       update = jax.tree.map(lambda x: scale * x, g)
     # The reference detaches the step (``gstep.data``): no gradient through g here.
-    moved = jax.tree.map(jnp.subtract, params_at(alpha), jax.lax.stop_gradient(update))
+    moved = jax.tree.map(jnp.subtract, params_at(a), jax.lax.stop_gradient(update))
     loss1 = _loss(model, moved, batch_stats, mask, batch_b["image"], batch_b["label"])
-    return loss1 / settings.eta, (loss0, loss1, gnorm)
+    return loss1 / settings.eta, loss1
 
-  def constraint_branch(alpha):
-    grads = jax.grad(lambda a: inner(a)[2])(alpha)
-    return grads, jnp.float32(jnp.nan)
+  def constraint_branch(a):
+    return jax.grad(lambda x: inner(x)[2])(a), jnp.float32(jnp.nan)
 
-  def objective_branch(alpha):
-    grads, (_, loss1, _) = jax.grad(objective, has_aux=True)(alpha)
-    return grads, loss1
+  def objective_branch(a):
+    return jax.grad(objective, has_aux=True)(a)
 
-  loss0, _, gnorm = inner(state.alpha)
+  loss0, _, gnorm = inner(alpha)
   if settings.gamma > 0:
     constraint = gnorm > settings.gamma
-    grads, loss1 = jax.lax.cond(constraint, constraint_branch, objective_branch, state.alpha)
+    grads, loss1 = jax.lax.cond(constraint, constraint_branch, objective_branch, alpha)
   else:
     constraint = jnp.asarray(False)
-    grads, loss1 = objective_branch(state.alpha)
-  new_state = rescale_adam(state, grads, active, floors, constraint=constraint, settings=settings)
-  return new_state, {"loss0": loss0, "loss1": loss1, "gnorm": gnorm, "constraint": constraint}
+    grads, loss1 = objective_branch(alpha)
+  return grads, {"loss0": loss0, "loss1": loss1, "gnorm": gnorm, "constraint": constraint}
+
+
+def gradinit_step(state: ScaleState, params0: Any, batch_stats: Any, mask: Any, floors: Any,
+                  batch_a: dict, batch_b: dict, *, model, settings: GradInitSettings) -> tuple:
+  """One GradInit iteration: :func:`scale_gradients`, then :func:`rescale_adam` (pure).
+
+  Args:
+    state: the scales' :class:`ScaleState`.
+    params0: the initial parameters :math:`\\theta^0`.
+    batch_stats: BN statistics.
+    mask: bool pytree.
+    floors: per-leaf lower bounds of the scales (:func:`min_scales`).
+    batch_a: the inner step's batch :math:`S_0 \\cup S_1`.
+    batch_b: the objective's batch :math:`S_0 \\cup S_2`.
+    model: the network (static).
+    settings: hyper-parameters (static).
+
+  Returns:
+    ``(new_state, metrics)`` (metrics of :func:`scale_gradients`).
+  """
+  active = jax.tree.map(lambda p: jnp.any(p != 0), params0)
+  grads, metrics = scale_gradients(state.alpha, params0, batch_stats, mask, batch_a, batch_b,
+                                   model=model, settings=settings)
+  new_state = rescale_adam(state, grads, active, floors, constraint=metrics["constraint"],
+                           settings=settings)
+  return new_state, metrics
 
 
 # Compiled once per (model, settings): re-training runs of every round reuse it.
