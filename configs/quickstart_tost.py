@@ -9,8 +9,9 @@ What it does: the IMP of configs/quickstart.py (LeNet-300-100 on scikit-learn's 
 (theta_0, ReLU, plain CE) and `tost` (the `lth` mask and theta_0 re-trained with ToST's tweaks,
 kdt.tickets.tweaks): swish in place of ReLU, label smoothing 0.1 with alpha/(C-1) off target,
 and GradInit layer-wise re-scaling of the masked network (100 iterations instead of ToST's 390,
-to stay quick). LeNet has no residual blocks, so there are no ghost skips (configs/cifar*_resnet18
-_tost.py have them). Writes results.json/.csv and plots/accuracy_vs_weights.png.
+to stay quick). LeNet has no residual blocks, so there are no ghost skips (the ResNet-18 configs
+configs/cifar*_resnet18_tost.py have them). Writes results.json/.csv and
+plots/accuracy_vs_weights.png.
 
 Hardware: any CPU (about 1 minute on 2 cores). Expected (5 seeds, seeds.* = 0..4, mean over
 seeds): dense 98.1 %; `lth` 98.1 % at 65 % of the weights down to 96.2 % at 1.3 %; `tost` above

@@ -20,8 +20,8 @@ Sections (``--sections``, all by default):
               pieces: batch gather, device transfer, on-device augmentation, step; metrics fetched
               as at a log step) against a PyTorch ``DataLoader`` loop doing the same augmentation.
 ``tickets``   K tickets at once (K = 2, 4), the strategies of :mod:`kdt.tickets.batch`: ``vmap``,
-              ``lax_map`` (one program looping over the tickets), ``shard_map`` over host devices,
-              and ``sequential`` (the single-ticket step called K times); plus the strategy
+              ``shard_map`` over host devices and ``sequential`` (the single-ticket step called K
+              times; ``lax_map`` on request); plus the strategy
               :func:`kdt.tickets.batch.choose_strategy` picks on this backend.
 ``pipeline``  the quickstart IMP (``configs/quickstart.py``): total wall time, and a second,
               instrumented run splitting the wall time into train steps, compilation, data,
@@ -73,6 +73,8 @@ class Settings:
   Attributes:
     models: models of the ``step`` section.
     variants: step variants (:data:`VARIANTS`).
+    model_variants: per-model exceptions to ``variants`` (the full run times Conv-6, the slowest
+      model, in two variants to stay within its time budget).
     torch_modes: PyTorch modes (:data:`kdt.bench_torch.MODES`); () = no PyTorch.
     batch_size: global batch size of every step.
     warmup: untimed rounds after compilation.
@@ -88,12 +90,14 @@ class Settings:
     ticket_counts: the K's.
     ticket_batch_size: batch size of each ticket.
     ticket_steps: timed rounds of the ``tickets`` section.
+    ticket_strategies: strategies timed (``"lax_map"`` too if listed; it is slowest on CPU).
     quickstart_overrides: config overrides for the ``pipeline`` section (empty = the quickstart).
     matmul_size: side of the square matmuls that measure the peak.
   """
 
   models: tuple[str, ...] = ("lenet_300_100", "conv6", "resnet20")
   variants: tuple[str, ...] = VARIANTS
+  model_variants: tuple[tuple[str, tuple[str, ...]], ...] = (("conv6", ("dense_ce", "masked_kd")),)
   torch_modes: tuple[str, ...] = ("eager", "channels_last", "compile")
   batch_size: int = 128
   warmup: int = 2
@@ -109,6 +113,7 @@ class Settings:
   ticket_counts: tuple[int, ...] = (2, 4)
   ticket_batch_size: int = 64
   ticket_steps: int = 20
+  ticket_strategies: tuple[str, ...] = ("vmap", "shard_map", "sequential")
   quickstart_overrides: tuple[tuple[str, Any], ...] = ()
   matmul_size: int = 2048
 
@@ -458,7 +463,9 @@ def section_step(settings: Settings, log: Callable[[str], None]) -> dict:
       log(f"[step] {name}: PyTorch twin agrees with kdt (max |logit diff| "
           f"{max(agreement['train_max_abs'], agreement['eval_max_abs']):.2e}).")
     contenders, traces = {}, {}
-    for variant in settings.variants:
+    variants = dict(settings.model_variants).get(name, settings.variants)
+    result["variants"] = list(variants)
+    for variant in variants:
       run, info = kdt_step(problem, variant, devices)
       contenders[f"kdt/{variant}"] = run
       result["compile_s"][f"kdt/{variant}"] = info["compile_s"]
@@ -483,7 +490,7 @@ def section_step(settings: Settings, log: Callable[[str], None]) -> dict:
       traces["kdt/masked_kd/bf16"] = info["traces"]
     if use_torch:
       for mode in settings.torch_modes:
-        for variant in settings.variants:
+        for variant in variants:
           log(f"[step] {name}: preparing PyTorch {mode} {variant}")
           run, info = torch_step(problem, variant, mode)
           contenders[f"torch_{mode}/{variant}"] = run
@@ -493,7 +500,7 @@ def section_step(settings: Settings, log: Callable[[str], None]) -> dict:
     times = interleaved(contenders, warmup=settings.warmup, steps=settings.steps)
     result["contenders"] = {k: summary(v, settings.batch_size) for k, v in times.items()}
     result["one_compile_per_variant"] = all(t["count"] == 1 for t in traces.values())
-    result["ratios"] = _step_ratios(times, settings)
+    result["ratios"] = _step_ratios(times, variants, settings.torch_modes)
     result["times"] = {k: [round(t, 6) for t in v] for k, v in times.items()}
     out[name] = result
   return out
@@ -515,11 +522,11 @@ def _with_perturbed_stats(variables: dict) -> dict:
                                                                        variables["batch_stats"]))
 
 
-def _step_ratios(times: dict[str, list[float]], settings: Settings) -> dict:
+def _step_ratios(times: dict[str, list[float]], variants, torch_modes) -> dict:
   ratios = {}
-  for variant in settings.variants:
+  for variant in variants:
     kdt_times = times[f"kdt/{variant}"]
-    for mode in settings.torch_modes:
+    for mode in torch_modes:
       key = f"torch_{mode}/{variant}"
       if key in times:
         ratios[f"kdt_vs_torch_{mode}/{variant}"] = paired_ratio(kdt_times, times[key])
@@ -528,7 +535,7 @@ def _step_ratios(times: dict[str, list[float]], settings: Settings) -> dict:
     for variant in ("masked_ce", "masked_kd_cached"):
       if f"kdt/{variant}" in times:
         ratios[f"overhead/{variant}"] = paired_ratio(plain, times[f"kdt/{variant}"]) - 1.0
-    for mode in settings.torch_modes:
+    for mode in torch_modes:
       base, masked = times.get(f"torch_{mode}/dense_ce"), times.get(f"torch_{mode}/masked_kd_cached")
       if base and masked:
         ratios[f"overhead_torch_{mode}/masked_kd_cached"] = paired_ratio(base, masked) - 1.0
@@ -652,7 +659,7 @@ def section_loop(settings: Settings, log: Callable[[str], None]) -> dict:
 # ----- section: tickets -----------------------------------------------------------------------------
 
 def section_tickets(settings: Settings, log: Callable[[str], None]) -> dict:
-  """K tickets at once: vmap, lax_map, shard_map and sequential (K single steps), interleaved."""
+  """K tickets at once: vmap, shard_map, sequential (K single steps) [, lax_map], interleaved."""
   import jax
   import jax.numpy as jnp
   from jax.sharding import NamedSharding
@@ -710,39 +717,55 @@ def section_tickets(settings: Settings, log: Callable[[str], None]) -> dict:
       run()
       return run, count
 
+    def sequential_runner(states, masks, images, labels):
+      """The single-ticket step (compiled once) called once per ticket, synced after all K."""
+      count = {"count": 0}
+
+      def counted(*args):
+        count["count"] += 1
+        return one(*args)
+
+      rows = parallel.batch_sharded(mesh)
+      jitted = jax.jit(counted, donate_argnums=(0,), out_shardings=(replicated, replicated))
+      boxes = [jax.device_put(jax.tree.map(np.array, s), replicated) for s in states]
+      placed = [(jax.device_put(m, replicated),
+                 {"image": jax.device_put(x, rows), "label": jax.device_put(y, rows)})
+                for m, x, y in zip(masks, images, labels)]
+
+      def run():
+        metrics = []
+        for i, (mask, batch) in enumerate(placed):
+          boxes[i], m = jitted(boxes[i], mask, batch, None, None)
+          metrics.append(m)
+        jax.block_until_ready((boxes, metrics))
+
+      run()
+      return run, count
+
     data_rows = NamedSharding(mesh, P(None, parallel.DATA_AXIS))
     for strategy in ("vmap", "lax_map"):
-      contenders[strategy], traces[strategy] = stacked_runner(strategy, replicated, data_rows)
+      if strategy in settings.ticket_strategies:
+        contenders[strategy], traces[strategy] = stacked_runner(strategy, replicated, data_rows)
     ticket_devices = max(d for d in range(1, jax.device_count() + 1)
                          if k % d == 0 and d <= jax.device_count())
-    if ticket_devices > 1:
+    if ticket_devices > 1 and "shard_map" in settings.ticket_strategies:
       ticket_mesh = jax.sharding.Mesh(np.array(jax.devices()[:ticket_devices]),
                                       (batch_lib.TICKET_AXIS,),
                                       axis_types=(jax.sharding.AxisType.Explicit,))
       tickets_sharded = NamedSharding(ticket_mesh, P(batch_lib.TICKET_AXIS))
       contenders["shard_map"], traces["shard_map"] = stacked_runner(
           "shard_map", tickets_sharded, tickets_sharded, ticket_mesh)
-    singles = []  # "sequential": the single-ticket step once per ticket, as kdt runs it on CPU
-    for i in range(k):
-      sub = dataclasses.replace(problem, variables={"params": states[i].params,
-                                                    "batch_stats": states[i].batch_stats},
-                                mask=masks[i], images=images[i], labels=labels[i])
-      run, info = kdt_step(sub, "masked_ce", devices)
-      singles.append(run)
-      traces[f"sequential_{i}"] = info["traces"]
-
-    def sequential():
-      for run in singles:
-        run()
-
-    contenders["sequential"] = sequential
+    if "sequential" in settings.ticket_strategies:
+      contenders["sequential"], traces["sequential"] = sequential_runner(states, masks, images,
+                                                                         labels)
     log(f"[tickets] K={k} {name}: timing {list(contenders)}, {settings.ticket_steps} rounds")
     times = interleaved(contenders, warmup=settings.warmup, steps=settings.ticket_steps)
     choice, reason = batch_lib.choose_strategy("auto", k)
     out["groups"][f"K={k}"] = {
         "contenders": {s: summary(v, k * b) for s, v in times.items()},
         "ratios_vs_sequential": {s: paired_ratio(v, times["sequential"])
-                                 for s, v in times.items() if s != "sequential"},
+                                 for s, v in times.items() if s != "sequential"}
+                                if "sequential" in times else {},
         "auto_choice": choice, "auto_reason": reason, "shard_map_devices": ticket_devices,
         "one_compile_per_strategy": all(t["count"] == 1 for t in traces.values()),
     }
@@ -820,7 +843,7 @@ def quickstart_config(overrides=()):
 def section_pipeline(settings: Settings, log: Callable[[str], None]) -> dict:
   """The quickstart IMP: wall time, then an instrumented run splitting it by category."""
   import jax
-  from kdt import checkpoint, experiment, report
+  from kdt import checkpoint, experiment, parallel, report
   from kdt.train import loop
   config = quickstart_config(settings.quickstart_overrides)
   out = {"config": "configs/quickstart.py", "overrides": dict(settings.quickstart_overrides)}
@@ -857,19 +880,26 @@ def section_pipeline(settings: Settings, log: Callable[[str], None]) -> dict:
 
     loop.Trainer.__init__ = init
     loop.Trainer.train_step_for = train_step_for
+    probe.patch(parallel, "global_batch", "data")
     probe.patch(loop.Trainer, "_train_batch", "data")
     probe.patch(loop.Trainer, "_cached_teacher_logits", "data")
     probe.patch(loop.Trainer, "teacher_logits_table", "data")
     probe.patch(loop.Trainer, "evaluate", "eval")
     probe.patch(loop.Trainer, "evaluate_all", "eval")
+    probe.patch(loop.Trainer, "_record_eval", "eval")
+    probe.patch(loop.Trainer, "_abstract_state", "checkpoints")
+    probe.patch(report, "create_writer", "logging")
+    probe.patch(experiment, "load_data", "setup")
     for method in ("__init__", "save", "restore", "restore_latest", "restore_meta", "close"):
       probe.patch(checkpoint.Checkpointer, method, "checkpoints")
     try:
       from kdt.tickets import imp
       probe.patch(imp.MaskStore, "load_or_compute", "pruning")
-      for method in ("_compute_mask", "_check_mask", "_check_pruned_zero", "_restore_dense"):
-        probe.patch(imp.IMPDriver, method, "pruning" if method != "_restore_dense" else
-                    "checkpoints")
+      for method in ("_compute_mask", "_check_mask", "_check_pruned_zero"):
+        probe.patch(imp.IMPDriver, method, "pruning")
+      probe.patch(imp.IMPDriver, "_restore_dense", "checkpoints")
+      probe.patch(imp.IMPDriver, "_retraining_run", "setup")
+      probe.patch(imp.IMPDriver, "__init__", "setup")
     except ImportError:
       pass
     for function in ("write_results", "write_imp_plots", "write_imp_tensorboard", "format_table"):
@@ -1017,11 +1047,11 @@ def format_table(results: dict) -> str:
   if tickets:
     lines += ["", f"**K tickets at once ({tickets['model']}, batch {tickets['batch_size_per_ticket']} "
               "per ticket): speed-up vs sequential (the single-ticket step K times)**", "",
-              "| K | vmap | lax_map | shard_map | kdt's choice |", "|---|---|---|---|---|"]
+              "| K | vmap | shard_map | kdt's choice |", "|---|---|---|---|"]
     for k, g in tickets["groups"].items():
       r = g["ratios_vs_sequential"]
-      lines.append(f"| {k[2:]} | {_fmt(r.get('vmap'), '.2f')}× | {_fmt(r.get('lax_map'), '.2f')}× "
-                   f"| {_fmt(r.get('shard_map'), '.2f')}× | {g['auto_choice']} |")
+      lines.append(f"| {k[2:]} | {_fmt(r.get('vmap'), '.2f')}× | {_fmt(r.get('shard_map'), '.2f')}× "
+                   f"| {g['auto_choice']} |")
   pipe = results.get("pipeline")
   if pipe:
     parts = ", ".join(f"{k} {v:.1f} s" for k, v in sorted(pipe["seconds"].items(),

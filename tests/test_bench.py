@@ -23,6 +23,7 @@ TINY = bench.Settings(
     lever_models=("lenet_300_100",), loop_models=("lenet_300_100",), loop_chunk=2, loop_chunks=2,
     loop_torch_modes=(), loop_examples=256, torch_workers=0, ticket_model="lenet_300_100",
     ticket_counts=(2,), ticket_batch_size=16, ticket_steps=2,
+    ticket_strategies=("vmap", "lax_map", "shard_map", "sequential"),
     quickstart_overrides=(("train.num_steps", 20), ("imp.num_rounds", 1),
                           ("imp.recipes", ("lth", "kd")), ("imp.rewind_step", 0),
                           ("schedule.milestones", ()), ("train.eval_every_steps", 10),

@@ -379,12 +379,16 @@ class IMPDriver:
           if k != "total"}
 
 
+@functools.lru_cache(maxsize=None)
+def _fresh_init(model, input_shape: tuple):
+  """``key -> variables`` of ``model``, jitted once per (model, input shape), not once per round."""
+  return jax.jit(lambda key: dict(model.init(key, jnp.zeros((1, *input_shape), jnp.float32),
+                                             train=False)))
+
+
 def _fresh_variables(model, input_shape, key) -> dict:
   """A new random initialisation (the random re-init control), jitted."""
-  @jax.jit
-  def init():
-    return dict(model.init(key, jnp.zeros((1, *input_shape), jnp.float32), train=False))
-  return init()
+  return _fresh_init(model, tuple(input_shape))(key)
 
 
 def run_imp(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
