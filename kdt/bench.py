@@ -14,8 +14,10 @@ Sections (``--sections``, all by default):
               teacher's logits computed on the fly, masked KD with cached logits — for kdt and for
               the PyTorch twins (:mod:`kdt.bench_torch`: the same networks with kdt's weights
               copied in, outputs checked to agree before timing) run eager, ``channels_last`` and
-              ``torch.compile``d. The "levers" — kdt on one host device vs split over several
-              (:mod:`kdt.host_devices`), and bf16 compute — are timed in the same rounds.
+              ``torch.compile``d (the full run times Conv-6 in two variants only). The "levers"
+              — kdt on one host device vs split over several (:mod:`kdt.host_devices`), the
+              convolution weight gradient unchunked (:mod:`kdt.models.conv_grad`), bf16 compute
+              — and PyTorch eager with one thread are timed in the same rounds.
 ``loop``      the whole training loop with its input pipeline (kdt's :class:`kdt.train.loop.Trainer`
               pieces: batch gather, device transfer, on-device augmentation, step; metrics fetched
               as at a log step) against a PyTorch ``DataLoader`` loop doing the same augmentation.
@@ -86,6 +88,8 @@ class Settings:
     loop_torch_modes: PyTorch modes of the loop section.
     loop_examples: synthetic training examples the loops draw from.
     torch_workers: ``DataLoader`` worker processes.
+    torch_one_thread: also time PyTorch eager masked KD with one thread (a reference for loaded
+      machines, where a multi-threaded OpenMP step slows down far more than one thread).
     ticket_model: model of the ``tickets`` section.
     ticket_counts: the K's.
     ticket_batch_size: batch size of each ticket.
@@ -109,6 +113,7 @@ class Settings:
   loop_torch_modes: tuple[str, ...] = ("eager",)
   loop_examples: int = 10_000
   torch_workers: int = 2
+  torch_one_thread: bool = True
   ticket_model: str = "resnet20"
   ticket_counts: tuple[int, ...] = (2, 4)
   ticket_batch_size: int = 64
@@ -413,8 +418,13 @@ def _flops(lowered) -> float | None:
 
 # ----- PyTorch pieces -------------------------------------------------------------------------------
 
-def torch_step(problem: Problem, variant: str, mode: str) -> tuple[Callable, dict]:
-  """The PyTorch twin's train step for ``variant`` in ``mode``, with kdt's weights and mask."""
+def torch_step(problem: Problem, variant: str, mode: str, threads: int | None = None
+               ) -> tuple[Callable, dict]:
+  """The PyTorch twin's train step for ``variant`` in ``mode``, with kdt's weights and mask.
+
+  ``threads``: run this step with ``torch.set_num_threads(threads)`` (restored afterwards);
+  None keeps PyTorch's default (one thread per core).
+  """
   import jax
   torch = _torch()
   from kdt import bench_torch as bt
@@ -435,7 +445,15 @@ def torch_step(problem: Problem, variant: str, mode: str) -> tuple[Callable, dic
   logits = torch.from_numpy(np.array(problem.teacher_logits)) if variant == "masked_kd_cached" else None
 
   def run():
-    step(images, labels, logits).item()
+    if threads is None:
+      step(images, labels, logits).item()
+      return
+    default = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+      step(images, labels, logits).item()
+    finally:
+      torch.set_num_threads(default)
 
   start = time.perf_counter()
   run()
@@ -495,6 +513,12 @@ def section_step(settings: Settings, log: Callable[[str], None]) -> dict:
           run, info = torch_step(problem, variant, mode)
           contenders[f"torch_{mode}/{variant}"] = run
           result["compile_s"][f"torch_{mode}/{variant}"] = info["compile_s"]
+      if settings.torch_one_thread and "masked_kd" in variants:
+        # On a loaded machine PyTorch's OpenMP team stalls at every barrier when a core is taken;
+        # one thread shows what PyTorch does without that.
+        run, info = torch_step(problem, "masked_kd", "eager", threads=1)
+        contenders["torch_eager_1thread/masked_kd"] = run
+        result["compile_s"]["torch_eager_1thread/masked_kd"] = info["compile_s"]
     log(f"[step] {name}: timing {len(contenders)} contenders interleaved, "
         f"{settings.steps} rounds (kdt on {devices} device(s))")
     times = interleaved(contenders, warmup=settings.warmup, steps=settings.steps)
@@ -530,6 +554,9 @@ def _step_ratios(times: dict[str, list[float]], variants, torch_modes) -> dict:
       key = f"torch_{mode}/{variant}"
       if key in times:
         ratios[f"kdt_vs_torch_{mode}/{variant}"] = paired_ratio(kdt_times, times[key])
+  if "kdt/masked_kd" in times and "torch_eager_1thread/masked_kd" in times:
+    ratios["kdt_vs_torch_eager_1thread/masked_kd"] = paired_ratio(
+        times["kdt/masked_kd"], times["torch_eager_1thread/masked_kd"])
   plain = times.get("kdt/dense_ce")
   if plain:
     for variant in ("masked_ce", "masked_kd_cached"):
@@ -1025,6 +1052,9 @@ def format_table(results: dict) -> str:
     for name, r in steps.items():
       levers = ", ".join(f"{k[6:-11]}: {v:.2f}×" for k, v in r["ratios"].items()
                          if k.startswith("lever/"))
+      one_thread = r["ratios"].get("kdt_vs_torch_eager_1thread/masked_kd")
+      if one_thread is not None:
+        levers += f"; kdt / torch eager 1 thread (masked_kd): {one_thread:.2f}×"
       compile_s = r["compile_s"]
       lines.append(
           f"| {name} | {_fmt(100 * r['ratios'].get('overhead/masked_kd_cached', float('nan')), '+.1f')} % "
@@ -1098,16 +1128,17 @@ def run(settings: Settings, sections=SECTIONS, out_path: str | None = None,
   results: dict[str, Any] = {"environment": environment(),
                              "settings": dataclasses.asdict(settings), "sections": list(sections)}
   started = time.perf_counter()
-  if "step" in sections:
-    results["step"] = section_step(settings, log)
-  if "loop" in sections:
-    results["loop"] = section_loop(settings, log)
-  if "tickets" in sections:
-    results["tickets"] = section_tickets(settings, log)
-  if "pipeline" in sections:
-    results["pipeline"] = section_pipeline(settings, log)
-  if "flops" in sections:
-    results["flops"] = section_flops(settings, results.get("step", {}))
+  results["section_wall_s"] = {}
+  sections_run = {"step": lambda: section_step(settings, log),
+                  "loop": lambda: section_loop(settings, log),
+                  "tickets": lambda: section_tickets(settings, log),
+                  "pipeline": lambda: section_pipeline(settings, log),
+                  "flops": lambda: section_flops(settings, results.get("step", {}))}
+  for name, section in sections_run.items():
+    if name in sections:
+      section_start = time.perf_counter()
+      results[name] = section()
+      results["section_wall_s"][name] = time.perf_counter() - section_start
   results["load_average_end"] = list(os.getloadavg())
   results["bench_wall_s"] = time.perf_counter() - started
   if out_path:

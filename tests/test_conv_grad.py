@@ -53,11 +53,18 @@ def test_doctests():
 
 
 def test_chunk_count_rules():
-  assert conv_grad.chunks_for(128, backend="cpu", devices=1, setting="auto") == 4
+  # auto on CPU: as many chunks (<= MAX_AUTO_CHUNKS) as split each device's rows into >= 16 rows.
+  assert conv_grad.chunks_for(128, backend="cpu", devices=1, setting="auto") == 8
+  assert conv_grad.chunks_for(128, backend="cpu", devices=4, setting="auto") == 2
+  assert conv_grad.chunks_for(128, backend="cpu", devices=8, setting="auto") == 1  # 16 rows each
+  assert conv_grad.chunks_for(100, backend="cpu", devices=1, setting="auto") == 5
+  assert conv_grad.chunks_for(31, backend="cpu", devices=1, setting="auto") == 1  # prime
+  assert conv_grad.chunks_for(128, backend="cpu", devices=3, setting="auto") == 1  # uneven split
   assert conv_grad.chunks_for(128, backend="tpu", devices=1, setting="auto") == 1
+  # an explicit count: the most chunks up to it with >= MIN_CHUNK_ROWS rows per device.
   assert conv_grad.chunks_for(128, backend="tpu", devices=1, setting=2) == 2
-  assert conv_grad.chunks_for(6, backend="cpu", devices=1, setting="auto") == 1  # < 4 rows a chunk
-  assert conv_grad.chunks_for(128, backend="cpu", devices=8, setting="auto") == 4
+  assert conv_grad.chunks_for(6, backend="cpu", devices=1, setting=4) == 1  # < 4 rows a chunk
+  assert conv_grad.chunks_for(64, backend="cpu", devices=4, setting=8) == 4
   assert conv_grad.chunks_for(40, backend="cpu", devices=1, setting=1) == 1
   with pytest.raises(ValueError, match="'auto' or an int"):
     conv_grad.set_weight_grad_chunks(0)
