@@ -119,3 +119,36 @@ def test_main_twice_does_not_retrain(tmp_path):
                        text=True, cwd=REPO)
   assert bad.returncode == 2
   assert "schedule.milestones" in bad.stderr
+
+
+def test_a_second_run_of_the_same_variant_compiles_nothing(tmp_path):
+  """Runs whose init_state closes over different arrays (IMP rounds) reuse every compiled program;
+  a start that is not a pinned step is rebuilt on resume, so it is not checkpointed."""
+  from kdt.tickets import recipes  # pylint: disable=import-outside-toplevel
+  config = _config(num_steps=12)
+  dataset = experiment.load_data(config)
+  model = experiment.build_model(config, dataset.info)
+  trainer = experiment.make_trainer(config, str(tmp_path), dataset, model,
+                                    experiment.parallel.make_mesh())
+  dense = experiment.dense_run(config, str(tmp_path), model)
+  trained = trainer.train(dense).state
+  direction = dense.optimizer.make()
+  compiles = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda event, seconds, **kwargs: compiles.append(event)
+      if event == "/jax/core/compile/backend_compile_duration" else None)
+
+  def rerun(name, scale):
+    params = jax.tree.map(lambda p: p * scale, trained.params)
+    init = lambda: recipes.reset_state(params, trained.batch_stats, dense.mask,
+                                       direction.init(params), 2)
+    run = loop.Run(name=name, directory=str(tmp_path / name), init_state=init, mask=dense.mask,
+                   end_step=12, optimizer=dense.optimizer, schedule=dense.schedule)
+    return trainer.train(run)
+
+  rerun("first", 0.5)
+  before = len(compiles)
+  result = rerun("second", 0.25)
+  assert len(compiles) == before, "a second run of the same variant compiled again"
+  assert result.meta["steps_trained"] == 10
+  assert sorted(os.listdir(tmp_path / "second")) == ["10", "12"]  # no step-2 start checkpoint
