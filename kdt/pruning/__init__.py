@@ -28,6 +28,7 @@ A typical IMP round::
 """
 
 from kdt.pruning.masks import ALLOCATIONS
+from kdt.pruning.masks import any_pruned_nonzero
 from kdt.pruning.masks import apply_mask
 from kdt.pruning.masks import ceil_count
 from kdt.pruning.masks import erk_densities

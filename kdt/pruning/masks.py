@@ -50,6 +50,7 @@ from kdt.pruning import selectors
 
 __all__ = [
     "ALLOCATIONS",
+    "any_pruned_nonzero",
     "apply_mask",
     "ceil_count",
     "erk_densities",
@@ -309,6 +310,31 @@ def apply_mask(params: Any, mask: Any) -> Any:
   return jax.tree.map(
       lambda p, m: jnp.where(jnp.asarray(m, bool), p, jnp.zeros_like(p)),
       params, mask)
+
+
+@jax.jit
+def any_pruned_nonzero(params: Any, mask: Any) -> jax.Array:
+  """Whether any weight outside ``mask`` is non-zero (the invariant after masked training).
+
+  One jitted program for the whole tree (not one small op per leaf).
+
+  Args:
+    params: a parameter pytree.
+    mask: a bool mask with the structure of ``params``.
+
+  Returns:
+    A bool scalar.
+
+  Examples:
+    >>> import numpy as np
+    >>> bool(any_pruned_nonzero({'w': np.array([1., 0.])}, {'w': np.array([True, False])}))
+    False
+    >>> bool(any_pruned_nonzero({'w': np.array([1., 2.])}, {'w': np.array([True, False])}))
+    True
+  """
+  flags = [jnp.any(jnp.where(jnp.asarray(m, bool), 0.0, p) != 0.0)
+           for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask))]
+  return jnp.any(jnp.stack(flags))
 
 
 # --------------------------------------------------------------------------- #

@@ -236,10 +236,8 @@ class DSTDriver:
     now = dynamic.layer_counts(mask, self.prunable)
     if now != counts:
       raise InvariantError(f"{label}: per-layer active counts changed from {counts} to {now}.")
-    if params is not None:
-      for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask)):
-        if bool(jnp.any(jnp.where(m, 0.0, p) != 0.0)):
-          raise InvariantError(f"{label}: a pruned weight is non-zero.")
+    if params is not None and bool(pruning.any_pruned_nonzero(params, mask)):
+      raise InvariantError(f"{label}: a pruned weight is non-zero.")
 
   def _train_sparse(self, method: str, round_index: int, density: float) -> dict:
     """Trains one method at one density, segment by segment; returns its results row."""

@@ -263,7 +263,7 @@ class IMPDriver:
                              f"(checksums {all_sums}); stopping.")
 
   def _check_pruned_zero(self, round_index, recipe, params, mask) -> None:
-    if bool(_any_pruned_nonzero(params, mask)):
+    if bool(pruning.any_pruned_nonzero(params, mask)):
       raise InvariantError(f"round {round_index} {recipe}: a pruned weight is non-zero after "
                            "re-training; stopping.")
 
@@ -376,14 +376,6 @@ class IMPDriver:
       self.layer_densities.setdefault(name, {})[round_index] = {
           k: v["density"] for k, v in pruning.sparsity_summary(mask, self.prunable).items()
           if k != "total"}
-
-
-@jax.jit
-def _any_pruned_nonzero(params: Any, mask: Any) -> jax.Array:
-  """Whether any weight outside ``mask`` is non-zero (one program for the whole tree)."""
-  flags = [jnp.any(jnp.where(m, 0.0, p) != 0.0)
-           for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask))]
-  return jnp.any(jnp.stack(flags))
 
 
 @functools.lru_cache(maxsize=None)
