@@ -10,7 +10,7 @@ theta_0), `rewind` (reset to step 20), `kd` (theta_0 + distillation from the den
 `random_reinit` (the lth mask with a fresh random init). Writes results.json/.csv and
 plots/accuracy_vs_weights.png, plots/layer_density.png.
 
-Hardware: any CPU (about 30-60 s on 2 cores). Expected: dense test accuracy ~0.98 on the 360 held-out
+Hardware: any CPU (about 15-30 s on 2 cores). Expected: dense test accuracy ~0.98 on the 360 held-out
 digits; the tickets stay within about a point of it down to ~17 % of the weights.
 """
 
