@@ -1148,10 +1148,14 @@ def run(settings: Settings, sections=SECTIONS, out_path: str | None = None,
   results["load_average_end"] = list(os.getloadavg())
   results["bench_wall_s"] = time.perf_counter() - started
   if out_path:
-    with open(out_path, "w", encoding="utf-8") as f:
-      json.dump(results, f, indent=1, sort_keys=True, default=str)
-      f.write("\n")
+    _write_json(results, out_path)
   return results
+
+
+def _write_json(results: dict, path: str) -> None:
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(results, f, indent=1, sort_keys=True, default=str)
+    f.write("\n")
 
 
 def _pipeline_apart(quick: bool) -> tuple[dict, float]:
@@ -1209,9 +1213,7 @@ def main(argv=None) -> dict:
       results["pipeline"], results["section_wall_s"]["pipeline"] = _pipeline_apart(args.quick)
       results["sections"].append("pipeline")
       results["bench_wall_s"] += results["section_wall_s"]["pipeline"]
-    with open(args.out, "w", encoding="utf-8") as f:
-      json.dump(results, f, indent=1, sort_keys=True, default=str)
-      f.write("\n")
+    _write_json(results, args.out)
   print(format_table(results))
   print(f"\n(JSON: {args.out}; {results['bench_wall_s']:.0f} s)")
   return results

@@ -147,52 +147,44 @@ def plot_interpolation(rows: list[dict], path: str, title: str = "") -> None:
   plt.close(fig)
 
 
-def plot_correlation_vs_rewind(rows: list[dict], path: str, title: str = "") -> None:
-  """theta_k <-> trained correlation (|w| Pearson, top-p overlap) against k per network."""
+def _panels_vs_rewind(rows: list[dict], path: str, panels, title: str) -> None:
+  """One panel per ``(metric, panel title, y label)``: the metric against k, a line per network."""
   plt = _pyplot()
   ks = sorted({r["k"] for r in rows})
   styles = _style(rows)
-  fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
-  metrics = (("magnitude_pearson", "Pearson of |θ_k| and |θ_T|"),
-             ("top_overlap", "overlap of the top-p |w| sets"))
-  for ax, (metric, label) in zip(axes, metrics):
+  fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.4))
+  for ax, (metric, label, ylabel) in zip(axes, panels):
     for key, group in _series(rows).items():
       points = [(ks.index(r["k"]), r[metric]) for r in group if r.get(metric) is not None]
       if points:
         xs, ys = zip(*points)
         ax.plot(xs, ys, label=group[0]["label"], markersize=6, **styles[key])
     _k_axis(ax, ks)
-    ax.set_ylabel(label + " (surviving weights)")
+    ax.set_ylabel(ylabel)
     ax.set_title(label)
   axes[0].legend(fontsize=8)
-  fig.suptitle(title or "rewind point vs trained weights")
+  fig.suptitle(title)
   fig.tight_layout()
   _save(fig, path)
   plt.close(fig)
+
+
+def plot_correlation_vs_rewind(rows: list[dict], path: str, title: str = "") -> None:
+  """theta_k <-> trained correlation (|w| Pearson, top-p overlap) against k per network."""
+  pearson, overlap = "Pearson of |θ_k| and |θ_T|", "overlap of the top-p |w| sets"
+  _panels_vs_rewind(rows, path, (
+      ("magnitude_pearson", pearson, pearson + " (surviving weights)"),
+      ("top_overlap", overlap, overlap + " (surviving weights)"),
+  ), title or "rewind point vs trained weights")
 
 
 def plot_stability_distance(rows: list[dict], path: str, title: str = "") -> None:
   """L2 distance between the copies (data order) and alone vs in the dense net (pruning)."""
-  plt = _pyplot()
-  ks = sorted({r["k"] for r in rows})
-  styles = _style(rows)
-  fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
-  panels = (("l2", "data order: ‖copy A − copy B‖₂"),
-            ("pruning_l2", "pruning: ‖m⊙(trained in dense) − trained alone‖₂"))
-  for ax, (metric, label) in zip(axes, panels):
-    for key, group in _series(rows).items():
-      points = [(ks.index(r["k"]), r[metric]) for r in group if r.get(metric) is not None]
-      if points:
-        xs, ys = zip(*points)
-        ax.plot(xs, ys, label=group[0]["label"], markersize=6, **styles[key])
-    _k_axis(ax, ks)
-    ax.set_ylabel("L2 distance of the masked parameters")
-    ax.set_title(label)
-  axes[0].legend(fontsize=8)
-  fig.suptitle(title or "stability (Frankle et al., Stabilizing the LTH)")
-  fig.tight_layout()
-  _save(fig, path)
-  plt.close(fig)
+  ylabel = "L2 distance of the masked parameters"
+  _panels_vs_rewind(rows, path, (
+      ("l2", "data order: ‖copy A − copy B‖₂", ylabel),
+      ("pruning_l2", "pruning: ‖m⊙(trained in dense) − trained alone‖₂", ylabel),
+  ), title or "stability (Frankle et al., Stabilizing the LTH)")
 
 
 def _heatmap(ax, names: list[str], matrix, label: str) -> Any:
