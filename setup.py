@@ -35,6 +35,8 @@ setuptools.setup(
         "test": [
             "pytest>=8.0",
             "pytest-xdist>=3.5",
+            # tests/test_layering.py: the layering contract in .importlinter.
+            "import-linter>=2.1",
             "tensorboard>=2.16",
             # tests/test_colab.py executes launch/colab.ipynb.
             "nbclient>=0.10",

@@ -36,6 +36,6 @@ def get_config():
   config.imp.num_rounds = 16
   config.imp.densities = tuple(round(0.8**k, 10) for k in range(1, 17))
   config.imp.selector = "conv"
-  config.imp.scope = "global"
+  config.imp.allocation = "global"
   config.imp.teacher = "dense"
   return config

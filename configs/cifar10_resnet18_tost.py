@@ -55,6 +55,6 @@ def get_config():
   config.imp.num_rounds = 16
   config.imp.densities = tuple(round(0.8**k, 10) for k in range(1, 17))
   config.imp.selector = "conv"
-  config.imp.scope = "global"
+  config.imp.allocation = "global"
   config_lib.tost_preset(config, ghost_skips=True)  # adds the `tost` recipe
   return config

@@ -17,17 +17,17 @@ import importlib
 
 _LAZY = {
     # experiments
-    "run": ("kdt.experiment", "run"),
-    "load_results": ("kdt.experiment", "load_results"),
-    "load_config": ("kdt.experiment", "load_config"),
+    "run": ("kdt.experiments", "run"),
+    "load_results": ("kdt.workdir", "load_results"),
+    "load_config": ("kdt.workdir", "load_config"),
     # pure pieces
     "train_step": ("kdt.train.steps", "train_step"),
     "eval_step": ("kdt.train.steps", "eval_step"),
     "TrainState": ("kdt.train.state", "TrainState"),
     "RECIPES": ("kdt.tickets.recipes", "RECIPES"),
 }
-_SUBMODULES = ("analysis", "checkpoint", "config_lib", "data", "experiment", "models", "parallel",
-               "pruning", "report", "tickets", "train")
+_SUBMODULES = ("analysis", "checkpoint", "config_lib", "data", "experiments", "models", "parallel",
+               "pruning", "report", "tickets", "train", "workdir")
 
 __all__ = tuple(_LAZY) + _SUBMODULES
 

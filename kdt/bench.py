@@ -876,14 +876,16 @@ def quickstart_config(overrides=()):
 def section_pipeline(settings: Settings, log: Callable[[str], None]) -> dict:
   """The quickstart IMP: wall time, then an instrumented run splitting it by category."""
   import jax
-  from kdt import checkpoint, experiment, parallel, report
+  from kdt import checkpoint, experiments, parallel, report
+  from kdt.experiments import imp
+  from kdt.experiments import setup as setup_lib
   from kdt.train import loop
   config = quickstart_config(settings.quickstart_overrides)
   out = {"config": "configs/quickstart.py", "overrides": dict(settings.quickstart_overrides)}
   with tempfile.TemporaryDirectory() as tmp:
     log("[pipeline] quickstart IMP, plain run")
     start = time.perf_counter()
-    experiment.run(config, os.path.join(tmp, "plain"))
+    experiments.run(config, os.path.join(tmp, "plain"))
     out["wall_s"] = time.perf_counter() - start
 
     log("[pipeline] quickstart IMP, instrumented run")
@@ -922,24 +924,20 @@ def section_pipeline(settings: Settings, log: Callable[[str], None]) -> dict:
     probe.patch(loop.Trainer, "_record_eval", "eval")
     probe.patch(loop.Trainer, "_abstract_state", "checkpoints")
     probe.patch(report, "create_writer", "logging")
-    probe.patch(experiment, "load_data", "setup")
+    probe.patch(setup_lib, "load_data", "setup")
     for method in ("__init__", "save", "restore", "restore_latest", "restore_meta", "close"):
       probe.patch(checkpoint.Checkpointer, method, "checkpoints")
-    try:
-      from kdt.tickets import imp
-      probe.patch(imp.MaskStore, "load_or_compute", "pruning")
-      for method in ("_compute_mask", "_check_mask", "_check_pruned_zero"):
-        probe.patch(imp.IMPDriver, method, "pruning")
-      probe.patch(imp.IMPDriver, "_restore_dense", "checkpoints")
-      probe.patch(imp.IMPDriver, "_retraining_run", "setup")
-      probe.patch(imp.IMPDriver, "__init__", "setup")
-    except ImportError:
-      pass
+    probe.patch(checkpoint.MaskStore, "load_or_compute", "pruning")
+    for method in ("_compute_mask", "_check_mask", "_check_pruned_zero"):
+      probe.patch(imp.IMPRounds, method, "pruning")
+    probe.patch(imp.IMPRounds, "_restore_dense", "checkpoints")
+    probe.patch(imp.IMPRounds, "_retraining_run", "setup")
+    probe.patch(imp.IMPRounds, "__init__", "setup")
     for function in ("write_results", "write_imp_plots", "write_imp_tensorboard", "format_table"):
       probe.patch(report, function, "results_and_plots")
     try:
       start = time.perf_counter()
-      experiment.run(config, os.path.join(tmp, "instrumented"))
+      experiments.run(config, os.path.join(tmp, "instrumented"))
       wall = time.perf_counter() - start
     finally:
       probe.restore()

@@ -31,6 +31,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocp_managers
 
 from kdt import faults
+from kdt import fileio
 
 log = logging.getLogger(__name__)
 
@@ -220,3 +221,43 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+class MaskStore:
+  """Masks on disk (Orbax, atomic): saved once, then always loaded."""
+
+  def __init__(self):
+    self._checkpointer = ocp.StandardCheckpointer()
+
+  def load_or_compute(self, directory: str, like: Any, compute) -> Any:
+    """The saved mask of ``directory``, or ``compute()`` saved there first.
+
+    A saved mask that cannot be read is moved aside (``mask.corrupt.<time>``) and recomputed —
+    masks are pure functions of earlier, verified results, so recomputing is exact.
+
+    Args:
+      directory: the mask's directory (the mask lives in ``directory/mask``).
+      like: a pytree with the mask's structure and shapes.
+      compute: ``() -> mask``, or None to only load (a missing or unreadable mask then raises).
+
+    Raises:
+      CheckpointCorruptError: the mask cannot be read and there is no ``compute``.
+    """
+    path = os.path.join(directory, "mask")
+    if fileio.isdir(path):
+      abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, np.bool_), like)
+      try:
+        return self._checkpointer.restore(path, abstract)
+      except Exception as e:  # pylint: disable=broad-except
+        if compute is None:
+          raise CheckpointCorruptError(f"mask {path} cannot be read: {e}") from e
+        target = f"{path}.corrupt.{int(time.time())}"
+        log.warning("WARNING: mask %s cannot be read (%s: %s); moved to %s and recomputing.",
+                    path, type(e).__name__, str(e)[:200], target)
+        if jax.process_index() == 0:
+          os.rename(path, target)
+    mask = compute()
+    fileio.makedirs(directory)
+    self._checkpointer.save(path, mask)
+    self._checkpointer.wait_until_finished()
+    return mask

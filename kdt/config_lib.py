@@ -18,7 +18,18 @@ from typing import Any
 
 import ml_collections
 
-EXPERIMENTS = ("train", "imp", "lmc", "correlation", "dst")
+EXPERIMENT_GROUPS: dict[str, tuple[str, ...]] = {
+    "train": (),
+    "imp": ("imp", "tost"),
+    "dst": ("imp", "tost", "dst"),
+    "lmc": ("imp", "lmc"),                    # lmc / correlation find their masks by IMP
+    "correlation": ("imp", "correlation"),
+    "prune_at_init": ("imp", "prune_at_init"),
+}
+"""Every experiment (``config.experiment``; run by the module ``kdt.experiments.<name>``) and the
+config groups it has besides the common ones."""
+
+EXPERIMENTS = tuple(EXPERIMENT_GROUPS)
 AUGMENTATIONS = ("default", "none", "flip", "crop_flip", "inception_crop_flip")
 DTYPES = ("float32", "bfloat16")
 
@@ -94,16 +105,8 @@ def base_config(experiment: str = "train") -> ml_collections.ConfigDict:
   c.parallel.ghost_batch_norm = False  # BN statistics per device ("ghost" BN) instead of global
   c.parallel.host_devices = 0         # CPU: split into n host devices; 0 = auto (kdt.host_devices)
 
-  if experiment in ("imp", "lmc", "correlation", "dst"):  # lmc / correlation find masks by IMP
-    c.imp = imp_fields()
-  if experiment in ("imp", "dst"):
-    c.tost = tost_fields()
-  if experiment == "dst":
-    c.dst = dst_fields()
-  if experiment == "lmc":
-    c.lmc = lmc_fields()
-  if experiment == "correlation":
-    c.correlation = correlation_fields()
+  for group in EXPERIMENT_GROUPS[experiment]:
+    c[group] = _GROUP_FIELDS[group]()
   return c
 
 
@@ -119,8 +122,13 @@ def imp_fields() -> ml_collections.ConfigDict:
   imp.pruning_rate = 0.2              # fraction of the remaining weights removed per round
   imp.pruning_schedule = "iterative"  # or "oneshot": every round prunes the dense weights
   imp.densities = ()                  # oneshot only: explicit densities; () = (1-rate)^r
-  imp.score = "magnitude"             # or "random"
-  imp.scope = "global"                # or "layerwise"
+  imp.score = "magnitude"             # kdt.pruning.SCORES: magnitude random snip grasp synflow taylor
+  imp.allocation = "global"           # kdt.pruning.ALLOCATIONS: global layerwise uniform erk
+  imp.prune_at = "trained"            # weights scored: "trained" (IMP), "init" (theta_0: pruning at
+                                      # initialisation), "rewind" (theta_k)
+  imp.score_batches = 1               # snip / grasp / taylor: training batches scored
+  imp.synflow_iterations = 100        # synflow: pruning rounds per mask (Tanaka et al.)
+  imp.erk_power_scale = 1.0           # erk: exponent of the ERK densities (0 = uniform)
   imp.selector = "conv_dense"         # see kdt.pruning.selectors.PRESETS
   imp.prune_stem = True
   imp.rewind_step = 0                 # theta_k for rewind / lr_rewind recipes (steps)
@@ -403,20 +411,13 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
   _range(cfg, "loss.kd_temperature", 0.0, low_open=True)
   _choice(cfg, "loss.kd_reduction", losses.KD_REDUCTIONS)
   _range(cfg, "loss.kd_stop_step", -1, train["num_steps"])
-  if cfg["experiment"] in ("imp", "lmc", "correlation", "dst"):
-    _validate_imp(cfg, info)
-  if cfg["experiment"] in ("imp", "dst"):
-    _validate_tost(cfg, info)
-  if cfg["experiment"] == "dst":
-    _validate_dst(cfg)
-  if cfg["experiment"] == "lmc":
-    _validate_lmc(cfg)
-  if cfg["experiment"] == "correlation":
-    _validate_correlation(cfg)
+  for group in EXPERIMENT_GROUPS[cfg["experiment"]]:
+    _GROUP_VALIDATORS[group](cfg, info)
 
 
 def _validate_imp(cfg: dict, info) -> None:
   """Checks of the ``imp`` group (see :func:`imp_fields`)."""
+  from kdt.pruning import registry as pruning_registry
   from kdt.pruning import selectors
   from kdt.tickets import recipes as recipes_lib
 
@@ -443,8 +444,15 @@ def _validate_imp(cfg: dict, info) -> None:
     if len(densities) != imp["num_rounds"]:
       raise ConfigError("imp.densities", tuple(densities),
                         f"exactly imp.num_rounds={imp['num_rounds']} densities")
-  _choice(cfg, "imp.score", ("magnitude", "random"))
-  _choice(cfg, "imp.scope", ("global", "layerwise"))
+  _choice(cfg, "imp.score", pruning_registry.SCORES)
+  _choice(cfg, "imp.allocation", pruning_registry.ALLOCATIONS)
+  if imp["score"] == "synflow" and imp["allocation"] != "global":
+    raise ConfigError("imp.allocation", imp["allocation"],
+                      "'global' with imp.score='synflow' (Synaptic-Flow prunes globally)")
+  _choice(cfg, "imp.prune_at", ("trained", "init", "rewind"))
+  _range(cfg, "imp.score_batches", 1)
+  _range(cfg, "imp.synflow_iterations", 1)
+  _range(cfg, "imp.erk_power_scale", 0.0)
   _choice(cfg, "imp.selector", selectors.PRESETS)
   _range(cfg, "imp.rewind_step", 0, num_steps - 1)
   _choice(cfg, "imp.teacher", ("dense", "previous"))
@@ -475,7 +483,7 @@ def _distinct(cfg: dict, field: str, allowed: str, ok) -> list:
   return values
 
 
-def _validate_lmc(cfg: dict) -> None:
+def _validate_lmc(cfg: dict, info) -> None:
   """Checks of the ``lmc`` group (see :func:`lmc_fields`)."""
   num_steps, rounds = cfg["train"]["num_steps"], cfg["imp"]["num_rounds"]
   _distinct(cfg, "lmc.rewind_steps", f"steps in [0, train.num_steps - 1 = {num_steps - 1}]",
@@ -502,7 +510,7 @@ def _validate_lmc(cfg: dict) -> None:
   _range(cfg, "lmc.top_p", 0.0, 1.0, low_open=True)
 
 
-def _validate_correlation(cfg: dict) -> None:
+def _validate_correlation(cfg: dict, info) -> None:
   """Checks of the ``correlation`` group (see :func:`correlation_fields`)."""
   _distinct(cfg, "correlation.learning_rates", "positive learning rates",
             lambda lr: isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0)
@@ -602,8 +610,7 @@ def _validate_tost(cfg: dict, info) -> None:
                       f"({cfg['model']['activation']!r}) to anneal from")
   _range(cfg, "tost.ghost_init", 0.0)
   if tost["ghost_skips"]:
-    from kdt.tickets import tweaks
-    problem = tweaks.ghost_skip_problem(cfg["model"]["name"], info.input_shape)
+    problem = models_lib.ghost_skip_problem(cfg["model"]["name"], info.input_shape)
     if problem:
       raise ConfigError("tost.ghost_skips", True,
                         f"False for model {cfg['model']['name']!r}: {problem}")
@@ -662,7 +669,7 @@ def dst_fields() -> ml_collections.ConfigDict:
   return d
 
 
-def _validate_dst(cfg: dict) -> None:
+def _validate_dst(cfg: dict, info) -> None:
   """Checks of the ``dst`` group (see :func:`dst_fields`)."""
   dst, num_steps = cfg["dst"], cfg["train"]["num_steps"]
   methods = list(dst["methods"])
@@ -679,3 +686,43 @@ def _validate_dst(cfg: dict) -> None:
   _range(cfg, "dst.drop_fraction", 0.0, 1.0, low_open=True, high_open=True)
   _choice(cfg, "dst.drop_schedule", ("cosine", "constant"))
   _choice(cfg, "dst.init", ("dense", "sparsity_aware"))
+
+
+def prune_at_init_fields() -> ml_collections.ConfigDict:
+  """The ``config.prune_at_init`` group: masks at theta_0 against IMP's (docs/methods.md).
+
+  For each score, a one-shot mask of theta_0 at every IMP round density (``imp.pruning_rate``,
+  ``imp.num_rounds``), re-trained by ``recipe`` exactly as IMP's tickets; see
+  :mod:`kdt.experiments.prune_at_init`. Scoring settings (``imp.score_batches``,
+  ``imp.synflow_iterations``, ``imp.erk_power_scale``) come from the ``imp`` group.
+  """
+  p = ml_collections.ConfigDict()
+  p.scores = ("snip", "grasp", "synflow", "random")  # kdt.pruning.SCORES
+  p.allocation = "global"             # kdt.pruning.ALLOCATIONS (synflow: global only)
+  p.recipe = "lth"                    # how every mask is re-trained (a non-control recipe)
+  p.compare_imp = True                # also run IMP (config.imp) in workdir/imp
+  return p
+
+
+def _validate_prune_at_init(cfg: dict, info) -> None:
+  """Checks of the ``prune_at_init`` group (see :func:`prune_at_init_fields`)."""
+  del info
+  from kdt.pruning import registry as pruning_registry
+  from kdt.tickets import recipes as recipes_lib
+  pai = cfg["prune_at_init"]
+  _distinct(cfg, "prune_at_init.scores", f"scores from {list(pruning_registry.SCORES)}",
+            lambda s: s in pruning_registry.SCORES)
+  _choice(cfg, "prune_at_init.allocation", pruning_registry.ALLOCATIONS)
+  if "synflow" in pai["scores"] and pai["allocation"] != "global":
+    raise ConfigError("prune_at_init.allocation", pai["allocation"],
+                      "'global' when prune_at_init.scores has 'synflow' (Synaptic-Flow prunes "
+                      "globally)")
+  own = sorted(n for n, r in recipes_lib.RECIPES.items() if not r.is_control)
+  _choice(cfg, "prune_at_init.recipe", own)
+
+
+_GROUP_FIELDS = {"imp": imp_fields, "tost": tost_fields, "dst": dst_fields, "lmc": lmc_fields,
+                 "correlation": correlation_fields, "prune_at_init": prune_at_init_fields}
+_GROUP_VALIDATORS = {"imp": _validate_imp, "tost": _validate_tost, "dst": _validate_dst,
+                     "lmc": _validate_lmc, "correlation": _validate_correlation,
+                     "prune_at_init": _validate_prune_at_init}

@@ -13,6 +13,7 @@ becomes visible once its upload completes, so URLs are written directly.
 from __future__ import annotations
 
 import builtins
+import json
 import os
 from typing import IO, Any
 
@@ -85,3 +86,17 @@ def write_atomic(path: Any, data: str | bytes) -> None:
   with builtins.open(tmp, mode, encoding=encoding) as f:
     f.write(data)
   os.replace(tmp, path)
+
+
+def write_json(path: Any, payload: Any) -> None:
+  """Writes ``payload`` as indented, key-sorted JSON, atomically (see :func:`write_atomic`)."""
+  write_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def write_csv(path: Any, rows: list, columns) -> None:
+  """Writes ``rows`` (dicts) as CSV with those of ``columns`` some row has, atomically."""
+  columns = [c for c in columns if any(c in r for r in rows)]
+  lines = [",".join(columns)]
+  for row in rows:
+    lines.append(",".join("" if row.get(c) is None else str(row[c]) for c in columns))
+  write_atomic(path, "\n".join(lines) + "\n")

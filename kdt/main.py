@@ -1,6 +1,6 @@
 """Command line: ``python -m kdt.main --config configs/<x>.py --workdir DIR [--config.a.b=v ...]``.
 
-A tiny shell over :func:`kdt.experiment.run`; Colab calls that function directly.
+A tiny shell over :func:`kdt.experiments.run`; Colab calls that function directly.
 """
 
 import sys
@@ -11,7 +11,8 @@ from ml_collections import config_flags
 
 from kdt import checkpoint
 from kdt import config_lib
-from kdt import experiment
+from kdt import experiments
+from kdt import workdir as workdir_lib
 from kdt import host_devices
 from kdt.data import DatasetUnavailableError
 from kdt.train import loop
@@ -32,9 +33,9 @@ def main(argv):
   loop.install_sigterm_handler()
   host_devices.configure_for(_CONFIG.value)  # before JAX starts: CPU split for conv nets
   try:
-    experiment.run(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
-  except (config_lib.ConfigError, experiment.WorkdirConfigMismatchError, DatasetUnavailableError,
-          checkpoint.CheckpointError, loop.NonFiniteLossError, experiment.InvariantError) as e:
+    experiments.run(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+  except (config_lib.ConfigError, workdir_lib.WorkdirConfigMismatchError, DatasetUnavailableError,
+          checkpoint.CheckpointError, loop.NonFiniteLossError, experiments.InvariantError) as e:
     print(f"kdt: error: {e}", file=sys.stderr)
     sys.exit(2)
   except loop.PreemptedError as e:

@@ -1,6 +1,7 @@
 """kdt.analysis: path interpolation, instability, distances, correlation, and the lmc /
 correlation experiments end to end on digits."""
 
+import dataclasses
 import functools
 import json
 import os
@@ -12,12 +13,13 @@ import numpy as np
 import pytest
 
 from kdt import config_lib
-from kdt import experiment
+from kdt import experiments
 from kdt import parallel
 from kdt.analysis import correlation
-from kdt.analysis import experiments
 from kdt.analysis import interpolation
 from kdt.analysis import stability
+from kdt.experiments import lmc
+from kdt.tickets import recipes
 from kdt.train import loop
 
 
@@ -103,7 +105,7 @@ def _digits_trainer(model, batch_size=32):
 
 def _init(model, seed):
   variables = model.init(jax.random.key(seed), jnp.zeros((1, 8, 8, 1)), train=False)
-  return experiments.Model(variables["params"], variables.get("batch_stats", {}))
+  return recipes.Weights(variables["params"], variables.get("batch_stats", {}))
 
 
 @pytest.mark.parametrize("batch_norm", ["reestimate", "interpolate"])
@@ -112,12 +114,12 @@ def test_path_endpoints_reproduce_the_endpoint_errors_and_identical_nets_are_sta
   trainer, dataset = _digits_trainer(model)
   a, b = _init(model, 1), _init(model, 2)
   # Give the endpoints distinct, non-trivial running statistics.
-  a.batch_stats = jax.tree.map(lambda x: x + 0.3, a.batch_stats)
-  b.batch_stats = jax.tree.map(lambda x: x * 2.0, b.batch_stats)
+  a = dataclasses.replace(a, batch_stats=jax.tree.map(lambda x: x + 0.3, a.batch_stats))
+  b = dataclasses.replace(b, batch_stats=jax.tree.map(lambda x: x * 2.0, b.batch_stats))
   mask = jax.tree.map(lambda x: jnp.ones(x.shape, bool), a.params)
   images = jnp.stack([
       dataset.train_batch(s, 32, 0)["image"].astype(jnp.float32) / 16.0 for s in range(2)])
-  evaluator = experiments.PathEvaluator(trainer, batch_norm, images)
+  evaluator = lmc.PathEvaluator(trainer, batch_norm, images)
   alphas = [0.0, 0.5, 1.0]
   errors = evaluator.errors(a, b, mask, alphas, ["test", "train"])
 
@@ -277,7 +279,7 @@ def test_lmc_experiment_end_to_end_and_resume(tmp_path):
   config = _lmc_config()
   config.lmc.mask_rewind_step = 0  # one IMP run (rewound to 0) gives the masks for every k
   workdir = str(tmp_path / "lmc")
-  rows = experiment.run(config, workdir)
+  rows = experiments.run(config, workdir)
   assert [(r["k"], r["network"]) for r in rows] == [
       (0, "dense"), (0, "imp"), (0, "random"), (4, "dense"), (4, "imp"), (4, "random")]
   with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
@@ -310,7 +312,7 @@ def test_lmc_experiment_end_to_end_and_resume(tmp_path):
   assert os.path.isdir(os.path.join(workdir, "imp", "k_000000", "round_01", "rewind", "train"))
   assert os.path.isdir(os.path.join(workdir, "lmc", "k_000004", "imp_r01", "order_0"))
   # Re-running the finished experiment loads everything and gives the same rows.
-  assert experiment.run(config, workdir) == rows
+  assert experiments.run(config, workdir) == rows
 
 
 def test_correlation_experiment_end_to_end(tmp_path):
@@ -326,7 +328,7 @@ def test_correlation_experiment_end_to_end(tmp_path):
   config.imp.selector = "conv_dense_no_head"
   config.correlation.learning_rates = (0.001, 0.5)
   workdir = str(tmp_path / "corr")
-  rows = experiment.run(config, workdir)
+  rows = experiments.run(config, workdir)
   assert [r["learning_rate"] for r in rows] == [0.001, 0.5]
   small, large = rows
   # 16 steps at lr 0.001 barely move the weights: theta_T is almost theta_0.

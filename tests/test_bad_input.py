@@ -10,8 +10,10 @@ import jax
 import numpy as np
 import pytest
 
-from kdt import experiment
-from kdt.tickets import imp as imp_lib
+from kdt import config_lib
+from kdt import experiments
+from kdt import workdir as workdir_lib
+from kdt.experiments import imp as imp_lib
 from kdt.train import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,7 +118,7 @@ def test_non_finite_loss_names_step_and_recipe_and_rerun_does_not_continue(tmp_p
 
 
 def test_invariant_violation_stops_the_run(tmp_path, monkeypatch):
-  config = experiment.config_lib.base_config("imp")
+  config = config_lib.base_config("imp")
   for arg in SMALL:
     key, value = arg[len("--config."):].split("=")
     node = config
@@ -125,21 +127,22 @@ def test_invariant_violation_stops_the_run(tmp_path, monkeypatch):
     node[key.split(".")[-1]] = eval(value)  # pylint: disable=eval-used
   config.train.eval_batch_size = 120
   config.imp.selector = "conv_dense_no_head"
-  experiment.prepare_workdir(config, str(tmp_path))
-  driver = imp_lib.IMPDriver(config, str(tmp_path))
+  workdir_lib.prepare_workdir(config, str(tmp_path))
+  setup = experiments.build_setup(config, str(tmp_path))
+  driver = imp_lib.IMPRounds(setup, config.imp, str(tmp_path))
   # a pruning function that prunes one weight too few breaks the schedule's exact count
   real_prune = driver._prune
 
-  def prune_one_too_few(params, mask, key):
-    new = real_prune(params, mask, key)
+  def prune_one_too_few(*args, **kwargs):
+    new = real_prune(*args, **kwargs)
     kernel = np.asarray(new["stem"]["kernel"]).copy()
     kernel.flat[np.flatnonzero(~kernel)[0]] = True
     return dict(new, stem=dict(new["stem"], kernel=jax.numpy.asarray(kernel)))
 
   driver._prune = prune_one_too_few
-  with pytest.raises(experiment.InvariantError, match="schedule says"):
+  with pytest.raises(experiments.InvariantError, match="schedule says"):
     driver.run()
   mask = jax.tree.map(np.zeros_like, driver.dense.mask)
   params = jax.tree.map(lambda m: np.ones(m.shape, np.float32), mask)
-  with pytest.raises(experiment.InvariantError, match="pruned weight is non-zero"):
+  with pytest.raises(experiments.InvariantError, match="pruned weight is non-zero"):
     driver._check_pruned_zero(1, "lth", params, mask)

@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 
 from kdt import config_lib
-from kdt import experiment
+from kdt import experiments
+from kdt import workdir as workdir_lib
 from kdt import models
 from kdt import pruning
 from kdt.pruning import basis
-from kdt.tickets import imp as imp_lib
+from kdt import checkpoint as checkpoint_lib
+from kdt.experiments import imp as imp_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -106,8 +108,8 @@ def _config():
 
 
 def _run(config, workdir):
-  experiment.prepare_workdir(config, workdir)
-  driver = imp_lib.IMPDriver(config, workdir)
+  workdir_lib.prepare_workdir(config, workdir)
+  driver = imp_lib.IMPRounds(experiments.build_setup(config, workdir), config.imp, workdir)
   return driver, driver.run()
 
 
@@ -147,10 +149,10 @@ def test_dct_imp_prunes_coefficients(tmp_path):
   # state, while the corresponding weights w = B c are generally not.
   mask = driver.masks.load_or_compute(imp_lib.round_dir(driver.workdir, 2, "lth"),
                                       driver.dense.mask, None)
-  ckpt = imp_lib.checkpoint_lib.Checkpointer(
+  ckpt = checkpoint_lib.Checkpointer(
       os.path.join(imp_lib.round_dir(driver.workdir, 2, "lth"), "train"))
   try:
-    state, _ = ckpt.restore(16, driver.trainer._abstract_state(driver.dense))
+    state, _ = ckpt.restore(16, driver.setup.abstract_state())
   finally:
     ckpt.close()
   c = state.params["fc2"]["kernel"]

@@ -12,9 +12,11 @@ import optax
 import pytest
 
 from kdt import config_lib
-from kdt import experiment
+from kdt import experiments
+from kdt import workdir as workdir_lib
+from kdt.experiments import setup as setup_lib
 from kdt.pruning import dynamic
-from kdt.tickets import dst as dst_lib
+from kdt.experiments import dst as dst_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -207,19 +209,20 @@ class _CrashAt:
 
 
 def _run(config, workdir, dataset, monkeypatch, crash_at=None):
+  del monkeypatch
   wrapped = _CrashAt(dataset, crash_at)
-  monkeypatch.setattr(experiment, "load_data", lambda config: wrapped)
-  experiment.prepare_workdir(config, workdir)
-  return dst_lib.DSTDriver(config, workdir).run()
+  workdir_lib.prepare_workdir(config, workdir)
+  return dst_lib.run(experiments.build_setup(config, workdir, dataset=wrapped), config, workdir)
 
 
 def test_dst_experiment_updates_masks_and_resumes_exactly(tmp_path, monkeypatch):
   config = _config()
   config_lib.validate(config, device_count=1)
-  dataset = experiment.load_data(config)
+  dataset = setup_lib.load_data(config)
   rows = _run(config, str(tmp_path / "a"), dataset, monkeypatch)
   assert [(r["recipe"], r["round"]) for r in rows] == [("rigl", 1), ("set", 1)]
-  driver = dst_lib.DSTDriver(config, str(tmp_path / "a"))
+  driver = dst_lib.DSTDriver(experiments.build_setup(config, str(tmp_path / "a"), dataset=dataset),
+                             config, str(tmp_path / "a"))
   assert driver.boundaries == [0, 5, 10, 15, 20]
   n = rows[0]["weights_prunable"]
   for row in rows:

@@ -8,9 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-from kdt import experiment
+from kdt import experiments
 from kdt import pruning
-from kdt.tickets import imp as imp_lib
+from kdt import workdir as workdir_lib
+from kdt.experiments import imp as imp_lib
+from kdt.experiments import setup as setup_lib
 from kdt.tickets import recipes as recipes_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,14 +61,15 @@ class _Counting:
 
 @pytest.fixture(scope="module")
 def digits():
-  return experiment.load_data(_config())
+  return setup_lib.load_data(_config())
 
 
 def _run(config, workdir, dataset, monkeypatch, crash_at=None):
+  del monkeypatch
   counting = _Counting(dataset, crash_at)
-  monkeypatch.setattr(experiment, "load_data", lambda config: counting)
-  experiment.prepare_workdir(config, workdir)
-  driver = imp_lib.IMPDriver(config, workdir)
+  workdir_lib.prepare_workdir(config, workdir)
+  setup = experiments.build_setup(config, workdir, dataset=counting)
+  driver = imp_lib.IMPRounds(setup, config.imp, workdir)
   rows = driver.run()
   return driver, rows, counting
 
@@ -117,10 +120,11 @@ def test_run_specs_per_recipe(reference):
   workdir, driver, _, _ = reference
   theta_0, theta_k = driver._restore_dense(0), driver._restore_dense(8)
   dense = driver.trainer.train(driver.dense)
-  dense_model = imp_lib.Trained(dense.state.params, dense.state.batch_stats, driver.dense.mask)
-  previous = {r.name: dense_model for r in driver.recipes}
-  mask = driver._prune(dense.state.params, driver.dense.mask, driver._round_key(1))
-  final_lr = float(experiment.schedule_spec(driver.config).make()(23))
+  dense_model = recipes_lib.Weights(dense.state.params, dense.state.batch_stats)
+  previous = {r.name: (dense_model, driver.dense.mask) for r in driver.recipes}
+  mask = driver._prune(dense.state.params, dense.state.batch_stats, driver.dense.mask,
+                       driver._round_key(1), None, density=None)
+  final_lr = float(driver.setup.schedule.make()(23))
   for recipe in driver.recipes:
     run = driver._retraining_run(1, recipe, mask, theta_0, theta_k, previous, dense_model, {})
     state = run.init_state()
@@ -129,7 +133,7 @@ def test_run_specs_per_recipe(reference):
     if recipe.name == "finetune":
       assert run.schedule.name == "constant" and run.schedule.learning_rate == pytest.approx(final_lr)
     else:
-      assert run.schedule == experiment.schedule_spec(driver.config)
+      assert run.schedule == driver.setup.schedule
     source = {"lth": theta_0, "kd": theta_0, "random_prune": theta_0, "rewind": theta_k,
               "kd_rewind": theta_k, "lr_rewind": dense_model, "kd_lr_rewind": dense_model,
               "finetune": dense_model}.get(recipe.name)

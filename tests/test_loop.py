@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from kdt import experiment
+from kdt.experiments import setup as setup_lib
 from kdt.train import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,11 +28,8 @@ def _config(num_steps=30):
 
 
 def _train(config, workdir, dataset=None):
-  dataset = dataset or experiment.load_data(config)
-  model = experiment.build_model(config, dataset.info)
-  trainer = experiment.make_trainer(config, workdir, dataset, model, experiment.parallel.make_mesh())
-  run = experiment.dense_run(config, workdir, model)
-  return trainer, trainer.train(run)
+  setup = setup_lib.Setup.build(config, workdir, dataset=dataset)
+  return setup.trainer, setup.trainer.train(setup.dense)
 
 
 class _CrashAt:
@@ -68,7 +65,7 @@ def test_resume_after_crash_gives_identical_weights(tmp_path):
   _, reference = _train(config, str(tmp_path / "ref"))
 
   workdir = str(tmp_path / "crashed")
-  dataset = experiment.load_data(config)
+  dataset = setup_lib.load_data(config)
   with pytest.raises(SimulatedKill):
     _train(config, workdir, _CrashAt(dataset, 25, _crash))
   assert sorted(os.listdir(os.path.join(workdir, "dense"))) == ["0", "10", "20"]
@@ -84,7 +81,7 @@ def test_sigterm_checkpoints_the_current_step(tmp_path):
   config = _config()
   _, reference = _train(config, str(tmp_path / "ref"))
   workdir = str(tmp_path / "preempted")
-  dataset = experiment.load_data(config)
+  dataset = setup_lib.load_data(config)
   try:
     with pytest.raises(loop.PreemptedError, match="step 13"):
       _train(config, workdir, _CrashAt(dataset, 12, loop._STOP_REQUESTED.set))
@@ -126,11 +123,8 @@ def test_a_second_run_of_the_same_variant_compiles_nothing(tmp_path):
   a start that is not a pinned step is rebuilt on resume, so it is not checkpointed."""
   from kdt.tickets import recipes  # pylint: disable=import-outside-toplevel
   config = _config(num_steps=12)
-  dataset = experiment.load_data(config)
-  model = experiment.build_model(config, dataset.info)
-  trainer = experiment.make_trainer(config, str(tmp_path), dataset, model,
-                                    experiment.parallel.make_mesh())
-  dense = experiment.dense_run(config, str(tmp_path), model)
+  setup = setup_lib.Setup.build(config, str(tmp_path))
+  trainer, dense = setup.trainer, setup.dense
   trained = trainer.train(dense).state
   direction = dense.optimizer.make()
   compiles = []

@@ -265,10 +265,11 @@ def test_gcs_workdir_config_results_plots_and_events(monkeypatch):
   local path such as ``./gs:/bucket``."""
   fsspec = pytest.importorskip("fsspec")
   from fsspec.implementations.memory import MemoryFileSystem  # pylint: disable=import-outside-toplevel
-  from kdt import experiment  # pylint: disable=import-outside-toplevel
   from kdt import fileio  # pylint: disable=import-outside-toplevel
   from kdt import report  # pylint: disable=import-outside-toplevel
-  from kdt.tickets import imp  # pylint: disable=import-outside-toplevel
+  from kdt import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  from kdt.experiments import imp  # pylint: disable=import-outside-toplevel
+  from kdt.experiments import setup as setup_lib  # pylint: disable=import-outside-toplevel
 
   class FakeGCS(MemoryFileSystem):
     protocol = ("gs", "gcs")
@@ -283,15 +284,15 @@ def test_gcs_workdir_config_results_plots_and_events(monkeypatch):
   import quickstart  # pylint: disable=import-outside-toplevel
   config = quickstart.get_config()
 
-  experiment.prepare_workdir(config, workdir)
-  assert config_lib.to_dict(experiment.load_config(workdir)) == config_lib.to_dict(config)
-  experiment.prepare_workdir(config, workdir)  # the stored config is read back and matches
+  workdir_lib.prepare_workdir(config, workdir)
+  assert config_lib.to_dict(workdir_lib.load_config(workdir)) == config_lib.to_dict(config)
+  workdir_lib.prepare_workdir(config, workdir)  # the stored config is read back and matches
   rows = [{"round": 0, "recipe": "dense", "density": 1.0, "weights_kept": 10, "test_accuracy": 0.9,
            "best_test_accuracy": 0.9, "steps_trained": 5},
           {"round": 1, "recipe": "lth", "density": 0.8, "weights_kept": 8, "test_accuracy": 0.85,
            "best_test_accuracy": 0.86, "steps_trained": 5}]
   report.write_results(workdir, rows)
-  assert experiment.load_results(workdir) == rows
+  assert workdir_lib.load_results(workdir) == rows
   report.write_imp_plots(workdir, rows, {"lth": {1: {"fc1/kernel": 0.8}}}, title="t")
   writer = report.create_writer(f"{workdir}/tensorboard/dense")
   writer.write_scalars(1, {"train/loss": 0.5})
@@ -307,6 +308,5 @@ def test_gcs_workdir_config_results_plots_and_events(monkeypatch):
   assert not any(".tmp." in k for k in FakeGCS.store)
   assert not os.path.exists("gs:")  # nothing written to a local path named after the URL
   # Checkpoint directories are URLs too (Orbax opens them with tensorstore).
-  model = experiment.build_model(config, experiment.data_lib.dataset_info("digits"))
-  assert experiment.dense_run(config, workdir, model).directory == f"{workdir}/dense"
+  assert setup_lib.Setup.build(config, workdir).dense.directory == f"{workdir}/dense"
   assert imp.round_dir(workdir, 1, "lth") == f"{workdir}/round_01/lth"

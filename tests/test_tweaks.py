@@ -16,11 +16,15 @@ import numpy as np
 import pytest
 
 from kdt import config_lib
-from kdt import experiment
+from kdt import checkpoint as checkpoint_lib
+from kdt import experiments
+from kdt import workdir as workdir_lib
 from kdt import models
 from kdt import pruning
 from kdt.models import resnet
-from kdt.tickets import imp as imp_lib
+from kdt.experiments import imp as imp_lib
+from kdt.experiments import setup as setup_lib
+from kdt.tickets import recipes as recipes_lib
 from kdt.tickets import tweaks
 from kdt.train import gradinit
 from kdt.train import loop
@@ -181,11 +185,11 @@ def test_ghost_branches_are_never_pruned_and_start_at_the_constant():
 
 
 def test_ghost_skip_validation():
-  assert tweaks.ghost_skip_problem("resnet20", (32, 32, 3)) is None
-  assert tweaks.ghost_skip_problem("resnet18", (32, 32, 3)) is None
-  assert "bottleneck" in tweaks.ghost_skip_problem("resnet50", (32, 32, 3))
-  assert "bottleneck" in tweaks.ghost_skip_problem("oresnet56", (32, 32, 3))
-  assert "residual" in tweaks.ghost_skip_problem("vgg16", (32, 32, 3))
+  assert models.ghost_skip_problem("resnet20", (32, 32, 3)) is None
+  assert models.ghost_skip_problem("resnet18", (32, 32, 3)) is None
+  assert "bottleneck" in models.ghost_skip_problem("resnet50", (32, 32, 3))
+  assert "bottleneck" in models.ghost_skip_problem("oresnet56", (32, 32, 3))
+  assert "residual" in models.ghost_skip_problem("vgg16", (32, 32, 3))
   config = _tiny_config(ghost_skips=True)
   config.model.name = "lenet_300_100"
   with pytest.raises(config_lib.ConfigError, match="tost.ghost_skips"):
@@ -227,7 +231,7 @@ def test_rescale_adam_matches_the_reference_update():
 
 def test_gradinit_search_lowers_the_post_step_loss_and_keeps_pruned_weights_zero():
   config = _tiny_config()
-  dataset = experiment.load_data(config)
+  dataset = setup_lib.load_data(config)
   model = models.create_model("lenet_300_100", num_classes=10, input_shape=DIGITS)
   variables = _variables(model)
   mask = jax.tree.map(lambda p: jnp.asarray(np.random.default_rng(1).random(p.shape) < 0.3),
@@ -290,7 +294,7 @@ def test_adapt_run_applies_gradinit_scales_once(tmp_path):
                       variables["params"])
   direction = loop.OptimizerSpec().make()
   run = _plain_run(str(tmp_path / "round" / "train"), mask)
-  dataset = experiment.load_data(config)
+  dataset = setup_lib.load_data(config)
   adapted = lifter.adapt_run(run, params=variables["params"], batch_stats={}, mask=mask, start=0,
                              direction=direction, dataset=dataset)
   saved = json.load(open(tmp_path / "round" / "gradinit_scales.json"))
@@ -381,7 +385,7 @@ def test_tost_recipe_without_tweaks_is_an_error():
 
 def test_imp_with_tweaks_end_to_end(tmp_path, monkeypatch):
   """LTH + tweaks on LTH's masks, a tweaked own lineage, and an untouched plain recipe."""
-  monkeypatch.setattr(experiment, "build_model", lambda config, info: _tiny_resnet())
+  del monkeypatch
   config = config_lib.tost_preset(_tiny_config(), lrsi="none")
   config.imp.recipes = ("lth", "rewind", "tost")
   config.tost.recipes = ("rewind",)       # rewind's own lineage is re-trained with the tweaks
@@ -389,8 +393,9 @@ def test_imp_with_tweaks_end_to_end(tmp_path, monkeypatch):
   config.tost.ghost_fade_steps = 8
   config_lib.validate(config, device_count=1)
   workdir = str(tmp_path / "tost")
-  experiment.prepare_workdir(config, workdir)
-  driver = imp_lib.IMPDriver(config, workdir)
+  workdir_lib.prepare_workdir(config, workdir)
+  setup = experiments.build_setup(config, workdir, model=_tiny_resnet())
+  driver = imp_lib.IMPRounds(setup, config.imp, workdir)
   rows = driver.run()
   assert [(r["round"], r["recipe"]) for r in rows] == [
       (0, "dense"), (1, "lth"), (1, "rewind"), (1, "tost"), (2, "lth"), (2, "rewind"),
@@ -404,20 +409,20 @@ def test_imp_with_tweaks_end_to_end(tmp_path, monkeypatch):
       "weights_kept"]
   assert by[1, "rewind"]["start_step"] == 4
   # The tweaked runs trained a network with ghost branches, which were never pruned.
-  trainer = driver._trainer_for(imp_lib.recipes_lib.RECIPES["tost"])
+  trainer = driver._trainer_for(recipes_lib.RECIPES["tost"])
   assert trainer is not driver.trainer
-  assert trainer is driver._trainer_for(imp_lib.recipes_lib.RECIPES["rewind"])
-  assert driver._trainer_for(imp_lib.recipes_lib.RECIPES["lth"]) is driver.trainer
+  assert trainer is driver._trainer_for(recipes_lib.RECIPES["rewind"])
+  assert driver._trainer_for(recipes_lib.RECIPES["lth"]) is driver.trainer
   assert isinstance(trainer.model, tweaks.ScheduledModel)
   lifter = tweaks.RetrainTweaks(config, driver.model, DIGITS)
 
   def like():
     v = lifter._init_variables(lifter.model)
-    return imp_lib.recipes_lib.reset_state(v["params"], v["batch_stats"], lifter.lift_mask(
+    return recipes_lib.reset_state(v["params"], v["batch_stats"], lifter.lift_mask(
         jax.tree.map(lambda x: jnp.ones(x.shape, bool), lifter.dense_shapes()["params"])),
-        driver._direction.init(v["params"]), 0)
+        setup.optimizer.make().init(v["params"]), 0)
 
-  ckpt = imp_lib.checkpoint_lib.Checkpointer(
+  ckpt = checkpoint_lib.Checkpointer(
       os.path.join(imp_lib.round_dir(workdir, 2, "rewind"), "train"))
   try:
     state, _ = ckpt.restore(12, jax.eval_shape(like))
@@ -435,8 +440,9 @@ def test_imp_with_tweaks_end_to_end(tmp_path, monkeypatch):
   plain = _tiny_config()
   plain.imp.num_rounds = 1
   plain_dir = str(tmp_path / "plain")
-  experiment.prepare_workdir(plain, plain_dir)
-  plain_rows = imp_lib.IMPDriver(plain, plain_dir).run()
+  workdir_lib.prepare_workdir(plain, plain_dir)
+  plain_rows = imp_lib.run_rounds(experiments.build_setup(plain, plain_dir, model=_tiny_resnet()),
+                                  plain.imp, plain_dir)
   strip = lambda rs: [{k: v for k, v in r.items() if k != "wall_time"} for r in rs
                       if r["recipe"] in ("dense", "lth") and r["round"] <= 1]
   assert len(strip(plain_rows)) == 2 and strip(rows) == strip(plain_rows)

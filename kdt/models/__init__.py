@@ -20,7 +20,7 @@ from kdt.models.layers import ACTIVATIONS, get_activation
 from kdt.models.lenet import LeNet
 from kdt.models.mobilenet import InvertedResidual, MobileNetV2
 from kdt.models.registry import (CIFAR_STEM_MAX_SIDE, check_model_input, create_model,
-                                 model_names)
+                                 ghost_skip_problem, model_names)
 from kdt.models.resnet import BasicBlock, Bottleneck, CifarResNet, OResNet, ResNet
 from kdt.models.vgg import VGG
 from kdt.models.wide_resnet import WideBasicBlock, WideResNet
@@ -32,6 +32,7 @@ __all__ = [
     "Bottleneck",
     "CifarResNet",
     "ConvNet",
+    "ghost_skip_problem",
     "InvertedResidual",
     "LeNet",
     "MobileNetV2",

@@ -177,3 +177,20 @@ def create_model(name: str, *, num_classes: int, input_shape: Sequence[int],
     raise ValueError(problem)
   return spec.build(tuple(input_shape))(num_classes=num_classes, activation=activation,
                                         dtype=dtype)
+
+
+def ghost_skip_problem(model_name: str, input_shape) -> str | None:
+  """Why model ``model_name`` cannot take ghost skips, or None if it can (no JAX computation).
+
+  Ghost skips need residual basic blocks: the CIFAR ResNets (``resnet20``..``resnet110``),
+  ``resnet18``/``resnet34`` and the basic-block ``oresnet`` depths (20, 32).
+  """
+  model = create_model(model_name, num_classes=2, input_shape=input_shape)
+  if not hasattr(model, "ghost_skips"):
+    return (f"{type(model).__name__} has no residual basic blocks; ghost skips exist for "
+            "CifarResNet, ResNet-18/34 and the basic-block oresnets")
+  bottleneck = getattr(model, "bottleneck", False) or (
+      isinstance(model, OResNet) and model.depth >= 54)
+  if bottleneck:
+    return "its blocks are bottleneck blocks; ToST adds ghost skips to basic blocks only"
+  return None

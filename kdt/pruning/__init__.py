@@ -15,6 +15,8 @@ The pieces, all pure and jit-able over parameter pytrees unless noted:
   (KD-ticket), SynFlow's exponential schedule, gradual (polynomial) sparsity.
 * :mod:`~kdt.pruning.dynamic`: RigL / SET drop-and-grow mask updates, their
   drop-fraction schedule and the sparsity-aware (per-neuron fan-in) initialisation.
+* :mod:`~kdt.pruning.registry`: :class:`Pruner` — ``imp.score`` x ``imp.allocation`` by name,
+  the one place a config string becomes a pruning behaviour.
 * :mod:`~kdt.pruning.basis`: masks on the coefficients of the weights in an
   orthonormal basis (identity, DCT), the "generalized lottery ticket".
 
@@ -38,6 +40,9 @@ from kdt.pruning.masks import mask_for_density
 from kdt.pruning.masks import mask_overlap
 from kdt.pruning.masks import ones_like_params
 from kdt.pruning.masks import prune_global
+from kdt.pruning.registry import DATA_SCORES
+from kdt.pruning.registry import SCORES
+from kdt.pruning.registry import Pruner
 from kdt.pruning.masks import prune_layerwise
 from kdt.pruning.masks import random_mask_like
 from kdt.pruning.masks import sparsity_summary
@@ -64,7 +69,10 @@ from kdt.pruning.selectors import prunable_leaves
 
 __all__ = (
     "ALLOCATIONS",
+    "DATA_SCORES",
     "PRESETS",
+    "Pruner",
+    "SCORES",
     "apply_mask",
     "ceil_count",
     "classification_loss",

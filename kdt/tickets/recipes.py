@@ -24,6 +24,11 @@ The *control* recipe of the two controls is ``config.imp.control_recipe`` (defau
 ``tost`` re-trains the control recipe's subnetwork (same mask, weights and schedule) with the
 sparse re-training tweaks of ``config.tost`` (:mod:`kdt.tickets.tweaks`): "LTH + tweaks".
 
+What a recipe *means* is :meth:`Recipe.start`: from theta_0, theta_k, the trained weights of its
+lineage and a fresh initialisation it returns the starting weights, the start and end step, the
+learning-rate schedule and the loss. The IMP round, LMC's copies and every other experiment call
+that one function; nothing else decides what ``rewind`` or ``finetune`` means.
+
 Optimizer state: every re-training starts with a fresh optimizer state (zero momentum / Adam
 moments), as open_lth does when it starts a new pruning level and as Renda et al. do for
 rewinding and fine-tuning. BatchNorm statistics come with the weights (theta_0's, theta_k's or the
@@ -33,11 +38,13 @@ trained model's).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
+from kdt.train import losses
+from kdt.train.optim import ScheduleSpec
 from kdt.train.state import TrainState
 
 WEIGHT_SOURCES = ("init", "rewind", "trained", "random", "control")
@@ -69,6 +76,95 @@ class Recipe:
   @property
   def is_control(self) -> bool:
     return self.mask != "own"
+
+  def lineage(self, control: "Recipe") -> str:
+    """The recipe whose trained weights and masks this one follows (the control's, for controls)."""
+    return control.name if self.is_control else self.name
+
+  def start(self, *, theta_0: "Weights", theta_k: "Weights", trained: "Weights",
+            fresh: Callable[[], "Weights"], schedule: ScheduleSpec, loss: losses.LossConfig,
+            budget: "Budget", control: "Recipe | None" = None) -> "Start":
+    """Where and how this recipe re-trains a subnetwork (pure; no I/O).
+
+    Args:
+      theta_0: the dense run's initialisation (weights and BN statistics).
+      theta_k: the dense run at the rewind step k.
+      trained: the trained weights of this recipe's lineage (:meth:`lineage`) from the previous
+        round; the dense model in round 1.
+      fresh: builds a new random initialisation (called only by ``random`` weights).
+      schedule: the dense run's learning-rate schedule (steps 0..T).
+      loss: the config's loss; recipes without KD get plain CE (``kd_stop_step = -1``).
+      budget: T, k and the fine-tuning budget.
+      control: the control recipe (``imp.control_recipe``), for recipes that copy its sources.
+
+    Returns:
+      The :class:`Start`: unmasked source weights, start and end step, schedule, loss.
+    """
+    effective = resolve(self, control) if control is not None else self
+    if effective.schedule == "full":
+      start, end = 0, budget.num_steps
+    elif effective.schedule == "from_rewind":
+      start, end = budget.rewind_step, budget.num_steps
+    elif effective.schedule == "finetune":
+      start = 0
+      end = budget.finetune_steps or budget.num_steps - budget.rewind_step
+      lr = budget.finetune_learning_rate or float(schedule.make()(budget.num_steps - 1))
+      schedule = ScheduleSpec(name="constant", learning_rate=lr, num_steps=end)
+    else:
+      raise ValueError(f"recipe {self.name!r}: schedule {effective.schedule!r} needs a control")
+    if effective.weights == "random":
+      weights = fresh()
+    elif effective.weights in ("init", "rewind", "trained"):
+      weights = {"init": theta_0, "rewind": theta_k, "trained": trained}[effective.weights]
+    else:
+      raise ValueError(f"recipe {self.name!r}: weights {effective.weights!r} need a control")
+    if not self.kd:
+      loss = dataclasses.replace(loss, kd_stop_step=-1)
+    return Start(weights=weights, start_step=start, end_step=end, schedule=schedule, loss=loss,
+                 kd=self.kd)
+
+
+@dataclasses.dataclass(frozen=True)
+class Weights:
+  """A network's parameters and BatchNorm statistics (theta_0, theta_k, trained or fresh)."""
+  params: Any
+  batch_stats: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+  """The step budget recipes re-train within.
+
+  Attributes:
+    num_steps: T, the dense run's length.
+    rewind_step: k, the rewind point of ``rewind`` / ``lr_rewind`` / ``kd_rewind``.
+    finetune_steps: ``finetune``'s length; 0 = T - k (Renda et al.: rewinding's budget).
+    finetune_learning_rate: ``finetune``'s constant LR; 0 = the schedule's final LR.
+  """
+  num_steps: int
+  rewind_step: int = 0
+  finetune_steps: int = 0
+  finetune_learning_rate: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Start:
+  """A re-training start (see :meth:`Recipe.start`).
+
+  Attributes:
+    weights: the source weights, before masking (:func:`reset_state` masks them).
+    start_step: the schedule position the run starts at.
+    end_step: the step it trains to.
+    schedule: its learning-rate schedule.
+    loss: its loss settings.
+    kd: whether it distils a teacher.
+  """
+  weights: Weights
+  start_step: int
+  end_step: int
+  schedule: ScheduleSpec
+  loss: losses.LossConfig
+  kd: bool
 
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (

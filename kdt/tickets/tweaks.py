@@ -51,23 +51,6 @@ from kdt.train import losses
 log = logging.getLogger(__name__)
 
 
-def ghost_skip_problem(model_name: str, input_shape) -> str | None:
-  """Why model ``model_name`` cannot take ghost skips, or None if it can (no JAX computation).
-
-  Ghost skips need residual basic blocks: the CIFAR ResNets (``resnet20``..``resnet110``),
-  ``resnet18``/``resnet34`` and the basic-block ``oresnet`` depths (20, 32).
-  """
-  model = models_lib.create_model(model_name, num_classes=2, input_shape=input_shape)
-  if not hasattr(model, "ghost_skips"):
-    return (f"{type(model).__name__} has no residual basic blocks; ghost skips exist for "
-            "CifarResNet, ResNet-18/34 and the basic-block oresnets")
-  bottleneck = getattr(model, "bottleneck", False) or (
-      isinstance(model, models_lib.OResNet) and model.depth >= 54)
-  if bottleneck:
-    return "its blocks are bottleneck blocks; ToST adds ghost skips to basic blocks only"
-  return None
-
-
 def ramp(step: Any, start: int, steps: int) -> Any:
   """:math:`\\mathrm{clip}((\\text{step} - \\text{start}) / \\text{steps}, 0, 1)`; 0 if ``steps`` is 0.
 
@@ -368,9 +351,8 @@ class RetrainTweaks:
                              augment=augment, seed=int(config.seeds.data_order))
     scales = jax.tree.map(float, jax.device_get(result.scales))
     if jax.process_index() == 0:
-      from kdt import experiment
       fileio.makedirs(directory)
-      experiment.write_json_atomic(path, {
+      fileio.write_json(path, {
           "lrsi": self.settings.lrsi, "settings": dataclasses.asdict(settings),
           "scales": dict(zip(names, jax.tree.leaves(scales))), "history": result.history})
     log.info("GradInit (%s): %d iterations, scales in [%.3g, %.3g]", self.settings.lrsi,

@@ -31,6 +31,7 @@ from kdt import faults
 from kdt import parallel
 from kdt.train import losses
 from kdt.train import optim
+from kdt.train.optim import OptimizerSpec, ScheduleSpec
 from kdt.train import steps
 from kdt.train.state import TrainState
 
@@ -51,37 +52,6 @@ _STOP_REQUESTED = threading.Event()
 def install_sigterm_handler() -> None:
   """On SIGTERM (TPU preemption), finish the current step, checkpoint it and exit."""
   signal.signal(signal.SIGTERM, lambda signum, frame: _STOP_REQUESTED.set())
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimizerSpec:
-  """Hashable optimizer settings (see :func:`kdt.train.optim.make_direction`)."""
-  name: str = "sgd"
-  momentum: float = 0.9
-  nesterov: bool = False
-  weight_decay: float = 1e-4
-
-  def make(self):
-    return optim.make_direction(self.name, momentum=self.momentum, nesterov=self.nesterov,
-                                weight_decay=self.weight_decay)
-
-
-@dataclasses.dataclass(frozen=True)
-class ScheduleSpec:
-  """Hashable learning-rate schedule settings (see :func:`kdt.train.optim.make_schedule`)."""
-  name: str
-  learning_rate: float
-  num_steps: int
-  milestones: tuple[int, ...] = ()
-  gamma: float = 0.1
-  warmup_steps: int = 0
-  end_learning_rate: float = 0.0
-
-  def make(self):
-    return optim.make_schedule(self.name, learning_rate=self.learning_rate, num_steps=self.num_steps,
-                               milestones=self.milestones, gamma=self.gamma,
-                               warmup_steps=self.warmup_steps,
-                               end_learning_rate=self.end_learning_rate)
 
 
 @dataclasses.dataclass
@@ -143,6 +113,15 @@ class LoopSettings:
   eval_every_steps: int = 0
   checkpoint_every_steps: int = 500
   keep_checkpoints: int = 2
+
+  @classmethod
+  def from_config(cls, config) -> "LoopSettings":
+    """The cadence of ``config.train``."""
+    t = config.train
+    return cls(batch_size=t.batch_size, eval_batch_size=t.eval_batch_size,
+               log_every_steps=t.log_every_steps, eval_every_steps=t.eval_every_steps,
+               checkpoint_every_steps=t.checkpoint_every_steps,
+               keep_checkpoints=t.keep_checkpoints)
 
 
 class Trainer:

@@ -47,6 +47,15 @@ class LossConfig:
   kd_reduction: str = "batchmean"
   kd_stop_step: int = -1
 
+  @classmethod
+  def from_config(cls, config) -> "LossConfig":
+    """The ``config.loss`` group."""
+    l = config.loss
+    return cls(label_smoothing=float(l.label_smoothing),
+               label_smoothing_convention=l.label_smoothing_convention,
+               kd_alpha=float(l.kd_alpha), kd_temperature=float(l.kd_temperature),
+               kd_reduction=l.kd_reduction, kd_stop_step=int(l.kd_stop_step))
+
 
 def smoothed_targets(labels: jax.Array, num_classes: int, label_smoothing: float,
                      convention: str = "uniform") -> jax.Array:

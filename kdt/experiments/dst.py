@@ -12,8 +12,9 @@ For each method of ``config.dst.methods`` and each density (IMP's round densitie
   gradient of the batch of the next step, SET at random, ``static`` never (a fixed random sparse
   network, the baseline without mask updates).
 
-With ``dst.compare_imp`` the IMP experiment of ``config.imp`` runs first in ``workdir/imp``; the
-table and the plot then hold IMP's recipes, the dense run and the DST methods together.
+With ``dst.compare_imp`` the IMP experiment of ``config.imp`` runs first (its rounds in
+``workdir/imp``, on the same Setup and dense run); the table and the plot then hold IMP's recipes,
+the dense run and the DST methods together.
 
 Mask updates happen *between* jitted training segments: the run of one method and density is a
 sequence of :class:`~kdt.train.loop.Run` s, one per interval between updates, each starting from the
@@ -25,7 +26,8 @@ are kept; the evaluation history is collected in ``history.json``.
 
 Layout::
 
-  workdir/imp/                          the IMP comparison (dst.compare_imp)
+  workdir/dense/                        the dense run (theta_0; trained only for dst.compare_imp)
+  workdir/imp/round_RR/                 the IMP comparison (dst.compare_imp)
   workdir/<method>/round_RR/seg_SSSSSSS/mask   the mask of the segment starting at step S
   workdir/<method>/round_RR/seg_SSSSSSS/train  its training run (Orbax)
   workdir/<method>/round_RR/history.json       evaluations of all segments
@@ -45,13 +47,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+
 from kdt import checkpoint as checkpoint_lib
 from kdt import data as data_lib
-from kdt import experiment
 from kdt import fileio
 from kdt import parallel
 from kdt import pruning
 from kdt import report
+from kdt.experiments import imp as imp_lib
+from kdt.experiments.setup import InvariantError
+from kdt.experiments.setup import Setup
 from kdt.pruning import dynamic
 from kdt.train import losses
 from kdt.train import loop
@@ -62,10 +67,6 @@ log = logging.getLogger(__name__)
 
 NOISE_STD = 1e-5
 """RigL's drop-score noise for tie-breaking (``generic_mask_update(noise_std=1e-5)``)."""
-
-
-class InvariantError(RuntimeError):
-  """A DST invariant failed (per-layer counts changed, a pruned weight is non-zero)."""
 
 
 def dense_gradients(params: Any, batch_stats: Any, mask: Any, batch: dict, *, model,
@@ -115,18 +116,23 @@ def _has_checkpoint(directory: str) -> bool:
     ckpt.close()
 
 
+def pinned_steps(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The dense run's rewind points: IMP's ``imp.rewind_step`` (for ``dst.compare_imp``)."""
+  return (int(config.imp.rewind_step),)
+
+
+def run(setup: Setup, config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+  """Experiment ``dst`` (see :class:`DSTDriver`)."""
+  return DSTDriver(setup, config, workdir).run()
+
+
 class DSTDriver:
-  """Runs experiment ``dst`` for one config and workdir (see module docstring)."""
+  """Runs experiment ``dst`` on a Setup (see module docstring)."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-    from kdt.tickets import imp as imp_lib  # the MaskStore and round densities live there
-
-    self.config, self.workdir, self.dst = config, fileio.absolute(workdir), config.dst
-    self.mesh = parallel.make_mesh()
-    self.dataset = experiment.load_data(config)
-    self.model = experiment.build_model(config, self.dataset.info)
-    self.trainer = experiment.make_trainer(config, workdir, self.dataset, self.model, self.mesh)
-    self.masks = imp_lib.MaskStore()
+  def __init__(self, setup: Setup, config: ml_collections.ConfigDict, workdir: str):
+    self.setup, self.config, self.workdir, self.dst = setup, config, fileio.absolute(workdir), config.dst
+    self.mesh, self.dataset, self.model = setup.mesh, setup.dataset, setup.model
+    self.trainer, self.masks = setup.trainer, setup.masks
     self.densities = (list(map(float, self.dst.densities)) or imp_lib.round_densities(config.imp))
     num_steps = int(config.train.num_steps)
     end = int(self.dst.update_end_step) or int(round(0.75 * num_steps))
@@ -135,14 +141,12 @@ class DSTDriver:
                                          kind=self.dst.drop_schedule)
     updates = dynamic.update_steps(self.schedule, num_steps)
     self.boundaries = [0, *updates, num_steps]
-    self._init = loop.init_state_fn(self.model, self.dataset.info.input_shape,
-                                    experiment.optimizer_spec(config).make(), config.seeds.init)
+    self._init = setup.dense.init_state
     shapes = jax.eval_shape(self._init).params
-    self.prunable = pruning.prunable_leaves(shapes, config.imp.selector,
-                                            prune_stem=config.imp.prune_stem)
+    self.prunable = setup.prunable
     self.like = jax.tree.map(lambda x: jnp.ones(x.shape, bool), shapes)
-    self.loss = experiment.loss_config(config)
-    self._direction = experiment.optimizer_spec(config).make()
+    self.loss = setup.loss
+    self._direction = setup.optimizer.make()
     self._grads = jax.jit(functools.partial(dense_gradients, model=self.model, loss=self.loss))
     self._rigl = jax.jit(functools.partial(dynamic.rigl_update, prunable=self.prunable,
                                            schedule=self.schedule, noise_std=NOISE_STD))
@@ -154,12 +158,11 @@ class DSTDriver:
 
   def run(self) -> list[dict]:
     """IMP (if asked), then every method at every density; returns the result rows."""
-    from kdt.tickets import imp as imp_lib
-
     start = time.time()
     rows: list[dict] = []
     if self.dst.compare_imp:
-      rows = [dict(r) for r in imp_lib.IMPDriver(self.config, os.path.join(self.workdir, "imp")).run()]
+      rows = [dict(r) for r in imp_lib.run_rounds(self.setup, self.config.imp,
+                                                  os.path.join(self.workdir, "imp"))]
     for method in self.dst.methods:
       for round_index, density in enumerate(self.densities, 1):
         rows.append(self._train_sparse(method, round_index, density))
@@ -268,8 +271,8 @@ class DSTDriver:
       label = f"{method}/round_{round_index:02d}/{_seg_name(start)}"
       run = loop.Run(
           name=label, directory=os.path.join(seg_dir(start), "train"), init_state=init_state,
-          mask=mask, end_step=end, optimizer=experiment.optimizer_spec(self.config),
-          schedule=experiment.schedule_spec(self.config), loss=self.loss,
+          mask=mask, end_step=end, optimizer=self.setup.optimizer,
+          schedule=self.setup.schedule, loss=self.loss,
           data_seed=self.config.seeds.data_order, augment_seed=self.config.seeds.augment)
       result = self.trainer.train(run)
       self._check(label, mask, counts, result.state.params)
@@ -298,7 +301,7 @@ class DSTDriver:
       history["wall_time"] += float(result.meta["wall_time"])
       if jax.process_index() == 0:
         fileio.makedirs(os.path.dirname(path))
-        experiment.write_json_atomic(path, history)
+        fileio.write_json(path, history)
     return history
 
   def _row(self, method: str, round_index: int, density: float, mask: Any, history: dict) -> dict:
@@ -320,7 +323,3 @@ class DSTDriver:
                  test_accuracy_at_best_val=best["test_accuracy"])
     return row
 
-
-def run_dst(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
-  """Experiment ``dst`` (see :class:`DSTDriver`)."""
-  return DSTDriver(config, workdir).run()

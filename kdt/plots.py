@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from kdt import fileio
 
 
 def _pyplot():
@@ -35,10 +36,11 @@ def _pyplot():
 
 
 def _save(fig, path: str) -> None:
-  """Writes a PNG atomically (temporary file, then rename)."""
+  """Writes a PNG atomically (temporary file, then rename; local or ``gs://``)."""
   tmp = f"{path}.tmp.{os.getpid()}.png"
-  fig.savefig(tmp, dpi=130, bbox_inches="tight")
-  os.replace(tmp, path)
+  with fileio.open(tmp, "wb") as f:
+    fig.savefig(f, format="png", dpi=130, bbox_inches="tight")
+  fileio.replace(tmp, path)
 
 
 def _series(rows: list[dict]) -> dict[str, list[dict]]:
@@ -222,7 +224,7 @@ def write_lmc_plots(workdir: str, rows: list[dict], summary: dict, title: str = 
                     threshold: float = 0.02) -> None:
   """All ``lmc`` pictures into ``workdir/plots/`` (see the module docstring)."""
   directory = os.path.join(workdir, "plots")
-  os.makedirs(directory, exist_ok=True)
+  fileio.makedirs(directory)
   if not rows:
     return
   plot_instability_vs_rewind(rows, os.path.join(directory, "instability_vs_rewind.png"), title,
@@ -322,6 +324,6 @@ def plot_mask_overlap_vs_lr(rows: list[dict], overlap: dict, path: str, title: s
 def write_correlation_plots(workdir: str, rows: list[dict], overlap: dict, title: str = "") -> None:
   """``plots/correlation.png`` and ``plots/mask_overlap.png`` of experiment ``correlation``."""
   directory = os.path.join(workdir, "plots")
-  os.makedirs(directory, exist_ok=True)
+  fileio.makedirs(directory)
   plot_correlation_vs_lr(rows, os.path.join(directory, "correlation.png"), title)
   plot_mask_overlap_vs_lr(rows, overlap, os.path.join(directory, "mask_overlap.png"), title)

@@ -1,6 +1,6 @@
-"""Experiments ``lmc`` and ``correlation``: the I/O edge of :mod:`kdt.analysis`.
+"""Experiment ``lmc``: linear mode connectivity against the rewind step (I/O over :mod:`kdt.analysis`).
 
-**lmc** (Frankle et al., "Linear Mode Connectivity and the LTH"; "Stabilizing the LTH"; METHODS.md
+(Frankle et al., "Linear Mode Connectivity and the LTH"; "Stabilizing the LTH"; METHODS.md
 §3). For every rewind step ``k`` in ``config.lmc.rewind_steps`` and every network kind
 
 * ``dense``: the full network;
@@ -25,15 +25,17 @@ and augmentation. For each pair (first copy, other copy) it records
   first copy (trained inside the full network, same data order) masked with the same mask;
 * the theta_k <-> trained weight correlation of the first copy (:mod:`kdt.analysis.correlation`).
 
-The two copies are trained one after another by the ordinary :class:`kdt.train.loop.Trainer`;
-a "ticket axis" that trains both at once can replace :func:`_train_copies` without changing
-anything else. The IMP subnetwork's first copy *is* IMP's round run (same start, mask, schedule
-and seeds), so it is loaded from the IMP workdir rather than trained twice.
+Every copy starts where the recipe ``rewind`` says (:meth:`kdt.tickets.recipes.Recipe.start` with
+theta_k), so LMC's copies and IMP's rewound tickets cannot disagree about what rewinding means.
+The two copies are trained one after another by the ordinary :class:`kdt.train.loop.Trainer`.
+The IMP subnetwork's first copy *is* IMP's round run (same start, mask, schedule and seeds), so it
+is loaded from the IMP rounds rather than trained twice. The masks come from
+:func:`kdt.experiments.imp.run_rounds` called on this experiment's own Setup (same dense run).
 
 Workdir::
 
   dense/                              the dense run from theta_0 (every k pinned)
-  imp/k_000020/                       a complete IMP workdir: IMP rewound to k = 20
+  imp/k_000020/round_RR/              IMP rewound to k = 20 (its rounds; the dense run is dense/)
   lmc/k_000020/dense/order_1/         a copy from theta_20 trained with data order 1
   lmc/k_000020/imp_r03/order_1/       the other copy of the round-3 IMP subnetwork
   lmc/k_000020/random_r03/mask, order_0/, order_1/
@@ -43,21 +45,12 @@ Workdir::
   plots/instability_vs_rewind.png, interpolation.png, correlation.png, mask_overlap.png,
   plots/stability_distance.png
 
-**correlation** (Liu et al., "Lottery Ticket Preserves Weight Correlation"; METHODS.md §5). For
-each learning rate in ``config.correlation.learning_rates``: IMP (recipes ``lth`` and
-``random_reinit``) in ``lr_<lr>/`` from the same theta_0, then the theta_0 <-> trained
-correlation of the dense network and of the last round's ticket (over its surviving weights), the
-winning gap (``lth`` minus ``random_reinit`` test accuracy per round), and how much the ticket's
-mask overlaps the mask that theta_0's own magnitudes would give. Writes ``results.json`` (one row
-per learning rate), ``plots/correlation.png`` and ``plots/mask_overlap.png``.
-
-Both experiments resume: every training run checkpoints in its own directory, masks and row
+The experiment resumes: every training run checkpoints in its own directory, masks and row
 analyses are saved once, and finished pieces are loaded, never redone.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
@@ -70,17 +63,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from kdt import checkpoint as checkpoint_lib
-from kdt import config_lib
 from kdt import data as data_lib
-from kdt import experiment
+from kdt import fileio
 from kdt import parallel
+from kdt import plots
 from kdt import pruning
 from kdt.analysis import correlation
 from kdt.analysis import interpolation
-from kdt.analysis import plots
 from kdt.analysis import stability
-from kdt.tickets import imp as imp_lib
+from kdt.experiments import imp as imp_lib
+from kdt.experiments.setup import Setup
 from kdt.tickets import recipes as recipes_lib
 from kdt.train import loop
 
@@ -93,90 +85,24 @@ LMC_COLUMNS = ("k", "network", "round", "density", "test_accuracy", "dense_test_
                "magnitude_pearson", "top_overlap", "steps_trained")
 
 
-@dataclasses.dataclass
-class Model:
-  """A trained (or rewound) network: parameters and BatchNorm statistics."""
-  params: Any
-  batch_stats: Any
+Model = recipes_lib.Weights
 
 
-class _Setup:
-  """What every run of one experiment shares: mesh, data, model, one Trainer, the dense run."""
-
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str, pinned_steps=()):
-    self.config, self.workdir = config, os.path.abspath(workdir)
-    self.mesh = parallel.make_mesh()
-    self.dataset = experiment.load_data(config)
-    self.model = experiment.build_model(config, self.dataset.info)
-    self.trainer = experiment.make_trainer(config, workdir, self.dataset, self.model, self.mesh)
-    self.direction = experiment.optimizer_spec(config).make()
-    self.dense = experiment.dense_run(config, workdir, self.model, pinned_steps=pinned_steps)
-    shapes = jax.eval_shape(self.dense.init_state).params
-    self.prunable = pruning.prunable_leaves(shapes, config.imp.selector,
-                                            prune_stem=config.imp.prune_stem)
-    self.masks = imp_lib.MaskStore()
-    self._replicated = parallel.replicated(self.mesh)
-
-  def restore(self, directory: str, step: int | None = None) -> tuple[Model, dict]:
-    """The state saved at ``step`` (None = latest) of a run with the dense run's structure."""
-    shapes = jax.eval_shape(self.dense.init_state)
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self._replicated), shapes)
-    ckpt = checkpoint_lib.Checkpointer(directory)
-    try:
-      step = ckpt.latest_step() if step is None else step
-      state, meta = ckpt.restore(step, abstract)
-    finally:
-      ckpt.close()
-    return Model(state.params, state.batch_stats), meta
-
-  def load_mask(self, directory: str, compute=None) -> Any:
-    """The mask saved in ``directory`` (computed and saved first when ``compute`` is given)."""
-    return self.masks.load_or_compute(directory, self.dense.mask, compute)
+def pinned_steps(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The dense run's rewind points: every k of ``lmc.rewind_steps`` and the mask step."""
+  mask_step = int(config.lmc.mask_rewind_step)
+  return tuple(int(k) for k in config.lmc.rewind_steps) + ((mask_step,) if mask_step >= 0 else ())
 
 
-def _imp_config(config: ml_collections.ConfigDict, **imp_overrides) -> ml_collections.ConfigDict:
-  """An ``imp`` experiment config with ``config``'s shared groups and ``imp`` overrides.
-
-  Groups only the ``imp`` experiment has keep their defaults.
-  """
-  fields = config_lib.to_dict(config_lib.base_config("imp"))
-  own = config_lib.to_dict(config)
-  for group in fields:
-    if group != "experiment" and group in own:
-      fields[group] = own[group]
-  optimizer = imp_overrides.pop("optimizer", {})
-  fields["optimizer"].update(optimizer)
-  fields["imp"].update(imp_overrides)
-  sub = ml_collections.ConfigDict(fields)
-  config_lib.validate(sub)
-  return sub
-
-
-def _run_imp(config: ml_collections.ConfigDict, workdir: str, dense: loop.Run | None = None
-             ) -> list[dict]:
-  """Runs (or loads) a whole IMP workdir; returns its result rows."""
-  experiment.prepare_workdir(config, workdir)
-  return imp_lib.IMPDriver(config, workdir, dense=dense).run()
+def run(setup: Setup, config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+  """Experiment ``lmc`` (see :class:`LMCExperiment`)."""
+  return LMCExperiment(setup, config, workdir).run()
 
 
 def _write_json(path: str, payload: Any) -> None:
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    experiment.write_json_atomic(path, payload)
-
-
-def _write_csv(path: str, rows: list[dict], columns) -> None:
-  if jax.process_index() != 0:
-    return
-  columns = [c for c in columns if any(c in r for r in rows)]
-  lines = [",".join(columns)]
-  for row in rows:
-    lines.append(",".join("" if row.get(c) is None else str(row[c]) for c in columns))
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
-  os.replace(tmp, path)
+    fileio.makedirs(os.path.dirname(path))
+    fileio.write_json(path, payload)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,53 +136,31 @@ class PathEvaluator:
     return out
 
 
-def bn_training_images(setup: _Setup, num_batches: int) -> jax.Array | None:
-  """``num_batches`` preprocessed training batches (data order ``seeds.data_order``), stacked.
-
-  Returns None for models without BatchNorm. Augmented like training batches, with a fixed key.
-  """
+def bn_training_images(setup: Setup, num_batches: int) -> jax.Array | None:
+  """``num_batches`` training batches' images (:meth:`Setup.training_batches`), or None for a
+  model without BatchNorm."""
   if not jax.tree.leaves(jax.eval_shape(setup.dense.init_state).batch_stats):
     return None
-  config, dataset, trainer = setup.config, setup.dataset, setup.trainer
-  batch_size, seed = config.train.batch_size, config.seeds.data_order
-  info = dataset.info
-  key = jax.random.key(config.seeds.augment)
-  batches = []
-  for step in range(num_batches):
-    if info.streaming:
-      local = dataset.train_batch(step, batch_size, seed, augment=trainer.augment,
-                                  augment_seed=config.seeds.augment)
-      augment = "none"
-    else:
-      local = dataset.train_batch(step, batch_size, seed)
-      augment = trainer.augment
-    images = parallel.global_batch(local, setup.mesh)["image"]
-    batches.append(data_lib.preprocess(images, jax.random.fold_in(key, step), info=info,
-                                       train=True, augment=augment))
-  return jnp.stack(batches)
+  return setup.training_batches(num_batches)["image"]
 
 
 # ---------------------------------------------------------------------------------------------
 # Experiment lmc.
 
 
-def _copy_run(setup: _Setup, name: str, directory: str, source: Model, mask: Any, start: int,
+def _copy_run(setup: Setup, name: str, directory: str, source: Model, mask: Any, start: int,
               data_seed: int, augment_seed: int) -> loop.Run:
-  """A copy trained from ``mask * source`` at schedule step ``start`` to ``train.num_steps``."""
-  config, direction = setup.config, setup.direction
-
-  def init_state():
-    return recipes_lib.reset_state(source.params, source.batch_stats, mask,
-                                   direction.init(source.params), start)
-
-  loss = dataclasses.replace(experiment.loss_config(config), kd_stop_step=-1)
-  return loop.Run(name=name, directory=directory, init_state=init_state, mask=mask,
-                  end_step=config.train.num_steps, optimizer=experiment.optimizer_spec(config),
-                  schedule=experiment.schedule_spec(config), loss=loss, data_seed=data_seed,
-                  augment_seed=augment_seed)
+  """A copy trained as the recipe ``rewind`` says, from ``mask * source`` = theta_k at k = ``start``."""
+  rewind = recipes_lib.RECIPES["rewind"].start(
+      theta_0=source, theta_k=source, trained=source, fresh=None, schedule=setup.schedule,
+      loss=setup.loss, budget=recipes_lib.Budget(num_steps=int(setup.config.train.num_steps),
+                                                 rewind_step=start))
+  return loop.Run(name=name, directory=directory, init_state=setup.reset(rewind, mask), mask=mask,
+                  end_step=rewind.end_step, optimizer=setup.optimizer, schedule=rewind.schedule,
+                  loss=rewind.loss, data_seed=data_seed, augment_seed=augment_seed)
 
 
-def _train_copies(setup: _Setup, name: str, directory: str, source: Model, mask: Any, k: int,
+def _train_copies(setup: Setup, name: str, directory: str, source: Model, mask: Any, k: int,
                   first_directory: str | None = None) -> list[loop.RunResult]:
   """The first copy (config seeds) and one copy per ``lmc.pair_seeds``, trained in turn.
 
@@ -297,13 +201,11 @@ def _network_label(network: str, density: float) -> str:
 class LMCExperiment:
   """Runs experiment ``lmc`` for one config and workdir (see the module docstring)."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+  def __init__(self, setup: Setup, config: ml_collections.ConfigDict, workdir: str):
     self.config, self.lmc = config, config.lmc
-    self.workdir = os.path.abspath(workdir)
+    self.workdir = fileio.absolute(workdir)
     self.ks = sorted(int(k) for k in self.lmc.rewind_steps)
-    mask_step = int(self.lmc.mask_rewind_step)
-    pinned = tuple(self.ks) + ((mask_step,) if mask_step >= 0 else ())
-    self.setup = _Setup(config, workdir, pinned_steps=pinned)
+    self.setup = setup
     self.rounds = sorted(int(r) for r in self.lmc.rounds) or list(
         range(1, config.imp.num_rounds + 1))
     self.sparse = any(n in self.lmc.networks for n in ("imp", "random"))
@@ -331,11 +233,11 @@ class LMCExperiment:
     """``{round: mask}`` of IMP rewound to k's mask step, running that IMP first if needed."""
     step = self._mask_step(k)
     if step not in self._imp_masks:
-      sub = _imp_config(self.config, recipes=("rewind",), control_recipe="rewind",
-                        rewind_step=step, num_rounds=max(self.rounds))
+      imp = imp_lib.imp_group(self.config.imp, recipes=("rewind",), control_recipe="rewind",
+                              rewind_step=step, num_rounds=max(self.rounds))
       log.info("[lmc] IMP with rewinding to step %d (masks for k = %s) in %s", step,
                "every k" if self.lmc.mask_rewind_step >= 0 else k, self.imp_workdir(step))
-      _run_imp(sub, self.imp_workdir(step), dense=self.setup.dense)
+      imp_lib.run_rounds(self.setup, imp, self.imp_workdir(step))
       self._imp_masks[step] = {
           r: self.setup.load_mask(imp_lib.round_dir(self.imp_workdir(step), r, "rewind"))
           for r in self.rounds}
@@ -428,8 +330,8 @@ class LMCExperiment:
            copies: list[loop.RunResult], dense_first: loop.RunResult | None) -> dict:
     """One row of results (loaded from ``analysis.json`` if this row was measured before)."""
     path = os.path.join(self._row_dir(k, network, round_index), "analysis.json")
-    if os.path.exists(path):
-      with open(path, encoding="utf-8") as f:
+    if fileio.exists(path):
+      with fileio.open(path, encoding="utf-8") as f:
         return json.load(f)
     log.info("[lmc] measuring k=%d %s%s", k, network, f" round {round_index}" if round_index else "")
     lmc = self.lmc
@@ -483,7 +385,8 @@ class LMCExperiment:
 
   def _write(self, rows: list[dict]) -> None:
     _write_json(os.path.join(self.workdir, "results.json"), rows)
-    _write_csv(os.path.join(self.workdir, "results.csv"), rows, LMC_COLUMNS)
+    if jax.process_index() == 0:
+      fileio.write_csv(os.path.join(self.workdir, "results.csv"), rows, LMC_COLUMNS)
 
   def _summary(self, rows: list[dict]) -> dict:
     """Stability / matching onsets per (network, round) and the mask overlap matrices."""
@@ -541,120 +444,3 @@ def format_lmc_table(rows: list[dict], summary: dict, title: str = "") -> str:
                  f"{o['stable_from_k']}  matching from k={o['matching_from_k']}")
   return "\n".join(lines)
 
-
-def run_lmc(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
-  """Experiment ``lmc`` (see :class:`LMCExperiment`)."""
-  return LMCExperiment(config, workdir).run()
-
-
-# ---------------------------------------------------------------------------------------------
-# Experiment correlation.
-
-
-def _lr_dirname(learning_rate: float) -> str:
-  return f"lr_{learning_rate:g}"
-
-
-def run_correlation(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
-  """Experiment ``correlation``: Liu et al.'s learning-rate sweep (see the module docstring)."""
-  start = time.time()
-  workdir = os.path.abspath(workdir)
-  setup = _Setup(config, workdir)
-  corr_cfg, imp = config.correlation, config.imp
-  num_rounds, top_p = int(imp.num_rounds), float(corr_cfg.top_p)
-  weight_corr = jax.jit(functools.partial(correlation.weight_correlation, prunable=setup.prunable,
-                                          top_p=top_p))
-  allocation = "global" if imp.scope == "global" else "layerwise"
-  init_mask = jax.jit(lambda params, density: pruning.mask_for_density(
-      pruning.magnitude(params), setup.prunable, density, allocation=allocation))
-  overlap = jax.jit(lambda a, b: pruning.mask_overlap(a, b, setup.prunable))
-  random_like = jax.jit(functools.partial(pruning.random_mask_like, prunable=setup.prunable))
-
-  rows, final_masks, names = [], [], []
-  for learning_rate in corr_cfg.learning_rates:
-    sub_dir = os.path.join(workdir, _lr_dirname(learning_rate))
-    sub = _imp_config(config, recipes=("lth", "random_reinit"), control_recipe="lth",
-                      optimizer={"learning_rate": float(learning_rate)})
-    log.info("[correlation] learning rate %g: IMP in %s", learning_rate, sub_dir)
-    imp_rows = _run_imp(sub, sub_dir)
-    theta_0, _ = setup.restore(os.path.join(sub_dir, "dense"), 0)
-    trained, _ = setup.restore(os.path.join(sub_dir, "dense"), config.train.num_steps)
-    masks = {r: setup.load_mask(imp_lib.round_dir(sub_dir, r, "lth")) for r in
-             range(1, num_rounds + 1)}
-    ticket, _ = setup.restore(os.path.join(imp_lib.round_dir(sub_dir, num_rounds, "lth"), "train"))
-    dense_corr = correlation.to_python(weight_corr(theta_0.params, trained.params,
-                                                   setup.dense.mask))
-    ticket_corr = correlation.to_python(weight_corr(theta_0.params, ticket.params,
-                                                    masks[num_rounds]))
-    by = {(r["round"], r["recipe"]): r for r in imp_rows}
-    per_round = []
-    for r in range(1, num_rounds + 1):
-      density = by[(r, "lth")]["density"]
-      from_init = init_mask(theta_0.params, jnp.float32(density))
-      key = jax.random.fold_in(jax.random.key(config.seeds.prune), 20_000 + r)
-      per_round.append({
-          "round": r, "density": density,
-          "lth_test_accuracy": by[(r, "lth")]["test_accuracy"],
-          "random_reinit_test_accuracy": by[(r, "random_reinit")]["test_accuracy"],
-          "winning_gap": by[(r, "lth")]["test_accuracy"] - by[(r, "random_reinit")]["test_accuracy"],
-          "init_mask_jaccard": correlation.to_python(overlap(masks[r], from_init))["jaccard"],
-          "random_mask_jaccard": correlation.to_python(
-              overlap(masks[r], random_like(key, masks[r])))["jaccard"],
-      })
-    last = per_round[-1]
-    rows.append({
-        "learning_rate": float(learning_rate), "dense_test_accuracy": by[(0, "dense")]["test_accuracy"],
-        "density": last["density"], "lth_test_accuracy": last["lth_test_accuracy"],
-        "random_reinit_test_accuracy": last["random_reinit_test_accuracy"],
-        "winning_gap": last["winning_gap"], "init_mask_jaccard": last["init_mask_jaccard"],
-        "random_mask_jaccard": last["random_mask_jaccard"], "top_p": top_p,
-        "dense_pearson": dense_corr["mean"]["pearson"],
-        "dense_magnitude_pearson": dense_corr["mean"]["magnitude_pearson"],
-        "dense_top_overlap": dense_corr["mean"]["top_overlap"],
-        "ticket_pearson": ticket_corr["mean"]["pearson"],
-        "ticket_magnitude_pearson": ticket_corr["mean"]["magnitude_pearson"],
-        "ticket_top_overlap": ticket_corr["mean"]["top_overlap"],
-        "dense_layers": {k: v for k, v in dense_corr.items() if k != "mean"},
-        "ticket_layers": {k: v for k, v in ticket_corr.items() if k != "mean"},
-        "rounds": per_round, "workdir": sub_dir,
-    })
-    final_masks.append(masks[num_rounds])
-    names.append(f"lr {learning_rate:g}")
-    _write_json(os.path.join(workdir, "results.json"), rows)
-    _write_csv(os.path.join(workdir, "results.csv"), rows,
-               [k for k, v in rows[0].items() if not isinstance(v, (dict, list))])
-
-  matrices = correlation.pairwise_mask_overlap(final_masks, setup.prunable)
-  mask_overlap = {"names": names, "jaccard": matrices["jaccard"].tolist(),
-                  "hamming": matrices["hamming"].tolist(),
-                  "round": num_rounds, "density": rows[-1]["density"]}
-  _write_json(os.path.join(workdir, "correlation_summary.json"), {"mask_overlap": mask_overlap})
-  title = f"{config.model.name} on {config.data.name}"
-  if jax.process_index() == 0:
-    plots.write_correlation_plots(workdir, rows, mask_overlap, title=title)
-  print(format_correlation_table(rows, title=title), flush=True)
-  log.info("correlation finished in %.1f s (this invocation); results in %s",
-           time.time() - start, os.path.join(workdir, "results.json"))
-  return rows
-
-
-def format_correlation_table(rows: list[dict], title: str = "") -> str:
-  """The ``correlation`` rows as a fixed-width terminal table."""
-  header = (f"{'lr':>8}  {'dense acc':>9}  {'|w| pearson':>11}  {'top-p ovl':>9}  "
-            f"{'ticket acc':>10}  {'reinit acc':>10}  {'gap':>7}  {'mask~init J':>11}")
-  lines = ([title] if title else []) + [header, "-" * len(header)]
-  for r in rows:
-    lines.append(
-        f"{r['learning_rate']:>8g}  {r['dense_test_accuracy']:>9.4f}  "
-        f"{_fmt(r['dense_magnitude_pearson'], 11)}  {_fmt(r['dense_top_overlap'], 9)}  "
-        f"{r['lth_test_accuracy']:>10.4f}  {r['random_reinit_test_accuracy']:>10.4f}  "
-        f"{r['winning_gap']:>+7.4f}  {r['init_mask_jaccard']:>11.3f}")
-  if rows:
-    lines.append(f"(|w| pearson and top-{rows[0]['top_p']:g} overlap: theta_0 vs the trained dense "
-                 f"network; ticket / reinit at {100 * rows[0]['density']:.1f}% of the weights; "
-                 "mask~init J: Jaccard of the ticket's mask with theta_0's own magnitude mask)")
-  return "\n".join(lines)
-
-
-def _fmt(value, width: int) -> str:
-  return f"{'n/a':>{width}}" if value is None else f"{value:>{width}.3f}"

@@ -1,0 +1,65 @@
+"""Experiments: one module per experiment, chosen by name; the library behind ``python -m kdt.main``.
+
+``EXPERIMENTS`` maps ``config.experiment`` to its module; each module has
+``run(setup, config, workdir) -> rows`` and ``pinned_steps(config)`` (the dense run's rewind
+points). :func:`run` validates the config, prepares the workdir, builds the
+:class:`~kdt.experiments.setup.Setup` once and hands it to the experiment. A notebook calls
+:func:`run` exactly as the command line does; the workdir holds the run's whole state, so re-running
+the same call continues where a killed run stopped and a finished run is not redone.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import ml_collections
+
+from kdt import config_lib
+from kdt import parallel
+from kdt import report
+from kdt import workdir as workdir_lib
+from kdt.experiments.setup import InvariantError
+from kdt.experiments.setup import Setup
+
+__all__ = ["EXPERIMENTS", "InvariantError", "Setup", "build_setup", "experiment_module", "run"]
+
+EXPERIMENTS: dict[str, str] = {name: f"kdt.experiments.{name}" for name in config_lib.EXPERIMENTS}
+"""``config.experiment`` -> the module that runs it (imported when chosen); the names and their
+config groups are :data:`kdt.config_lib.EXPERIMENT_GROUPS`."""
+
+
+def experiment_module(name: str) -> ModuleType:
+  """The module of experiment ``name`` (a key of :data:`EXPERIMENTS`)."""
+  return importlib.import_module(EXPERIMENTS[name])
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False,
+        dataset=None, model=None):
+  """Validates ``config``, prepares ``workdir``, builds the Setup and runs ``config.experiment``.
+
+  Args:
+    config: a config from ``configs/`` (possibly overridden).
+    workdir: where the run's state lives; re-running with the same config resumes it.
+    allow_config_change: continue a workdir whose stored config differs (see
+      :func:`kdt.workdir.prepare_workdir`).
+    dataset: use this dataset instead of loading ``config.data`` (tests, notebooks).
+    model: use this network instead of ``config.model``'s (tests, notebooks).
+
+  Returns:
+    The experiment's rows (also written to ``workdir/results.json``).
+  """
+  report.setup_logging()
+  parallel.maybe_initialize_distributed(bool(config.parallel.distributed))
+  config_lib.validate(config)
+  workdir_lib.prepare_workdir(config, workdir, allow_config_change=allow_config_change)
+  setup = build_setup(config, workdir, dataset=dataset, model=model)
+  return experiment_module(config.experiment).run(setup, config, setup.workdir)
+
+
+def build_setup(config: ml_collections.ConfigDict, workdir: str, *, dataset=None,
+                model=None) -> Setup:
+  """The :class:`Setup` of a validated ``config`` with its experiment's rewind points pinned."""
+  module = experiment_module(config.experiment)
+  return Setup.build(config, workdir, pinned_steps=module.pinned_steps(config), dataset=dataset,
+                     model=model)
