@@ -246,11 +246,18 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
   return out
 
 
-def diff(old: dict, new: dict) -> list[str]:
-  """Fields that differ between two resolved configs (as dicts), formatted ``field: old -> new``."""
+LOCATION_FIELDS = ("data.dir", "data.tfds_dir")
+"""Where the data lives, not what the run is: a rerun may move them (see :func:`diff`)."""
+
+
+def diff(old: dict, new: dict, *, ignore: tuple[str, ...] = ()) -> list[str]:
+  """Fields that differ between two resolved configs (as dicts), formatted ``field: old -> new``.
+
+  Fields named in ``ignore`` (e.g. :data:`LOCATION_FIELDS`) are left out.
+  """
   flat_old, flat_new = _flatten(old), _flatten(new)
   lines = []
-  for key in sorted(set(flat_old) | set(flat_new)):
+  for key in sorted((set(flat_old) | set(flat_new)) - set(ignore)):
     if flat_old.get(key, "<absent>") != flat_new.get(key, "<absent>"):
       lines.append(f"{key}: {flat_old.get(key, '<absent>')!r} -> {flat_new.get(key, '<absent>')!r}")
   return lines
@@ -330,6 +337,14 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
 
   cfg = to_dict(config)
   _choice(cfg, "experiment", EXPERIMENTS)
+  missing = [g for g, v in to_dict(base_config(cfg["experiment"])).items()
+             if isinstance(v, dict) and g not in cfg]
+  if missing:
+    raise ConfigError("experiment", cfg["experiment"],
+                      f"an experiment whose config groups this config has (it lacks "
+                      f"{', '.join('config.' + g for g in missing)}); start from a "
+                      f"config of experiment {cfg['experiment']!r} in configs/ or from "
+                      f"config_lib.base_config({cfg['experiment']!r})")
   _check_structure(cfg, to_dict(base_config(cfg["experiment"])))
   for seed in ("init", "data_order", "augment", "prune"):
     _range(cfg, f"seeds.{seed}", 0)

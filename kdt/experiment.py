@@ -63,7 +63,7 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, *,
   if fileio.exists(path):
     with fileio.open(path, encoding="utf-8") as f:
       stored = json.load(f)
-    differences = config_lib.diff(stored, resolved)
+    differences = config_lib.diff(stored, resolved, ignore=config_lib.LOCATION_FIELDS)
     if not differences:
       return
     if not allow_config_change:
@@ -121,8 +121,20 @@ def build_model(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo):
                                  dtype=dtype)
 
 
+_PRELOADED: dict = {}  # {key: dataset}: loaded by run() before the workdir is touched, used once
+
+
+def _data_key(config) -> tuple:
+  d = config.data
+  return (d.name, d.dir, d.tfds_dir, d.val_size, jax.process_index(), jax.process_count())
+
+
 def load_data(config: ml_collections.ConfigDict):
-  """This process's view of the dataset named by ``config.data``."""
+  """This process's view of the dataset named by ``config.data`` (the copy :func:`run` loaded
+  before preparing the workdir, if there is one)."""
+  preloaded = _PRELOADED.pop(_data_key(config), None)
+  if preloaded is not None:
+    return preloaded
   return data_lib.load_dataset(
       config.data.name, data_dir=config.data.dir, tfds_data_dir=config.data.tfds_dir,
       val_size=config.data.val_size, process_index=jax.process_index(),
@@ -251,5 +263,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, allow_config_change:
   report.setup_logging()
   parallel.maybe_initialize_distributed(bool(config.parallel.distributed))
   config_lib.validate(config)
-  prepare_workdir(config, workdir, allow_config_change=allow_config_change)
-  return EXPERIMENTS[config.experiment](config, workdir)
+  _PRELOADED.clear()
+  _PRELOADED[_data_key(config)] = load_data(config)  # a missing dataset fails before any write
+  try:
+    prepare_workdir(config, workdir, allow_config_change=allow_config_change)
+    return EXPERIMENTS[config.experiment](config, workdir)
+  finally:
+    _PRELOADED.clear()
