@@ -82,3 +82,38 @@ def test_cli_is_fast_imports_no_jax_and_fails_in_one_line(tmp_path):
                            capture_output=True, text=True, cwd=REPO, timeout=60)
   assert missing.returncode == 2
   assert missing.stderr.startswith("kdt: error: ") and len(missing.stderr.splitlines()) == 1
+
+
+def _seed_dirs(tmp_path, seeds, lrs=None):
+  dirs = []
+  for i, seed in enumerate(seeds):
+    dirs.append(_workdir(tmp_path / f"s{i}", A[:1], seed=seed,
+                         lr=(lrs[i] if lrs else 0.05)))
+  return dirs
+
+
+def test_compare_refuses_identical_seeds(tmp_path, capsys):
+  from kdt.tickets import compare
+  dirs = _seed_dirs(tmp_path, [0, 0])
+  with pytest.raises(SystemExit) as e:
+    compare.main(["--workdirs", *dirs, "--out", str(tmp_path / "out")])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert err.startswith("kdt: error: ") and len(err.splitlines()) == 1
+  assert "same seeds" in err and "seeds.init=0" in err
+  assert not os.path.exists(tmp_path / "out")
+
+
+def test_compare_refuses_configs_that_differ_beyond_seeds(tmp_path, capsys):
+  from kdt.tickets import compare
+  dirs = _seed_dirs(tmp_path, [0, 1], lrs=[0.05, 0.1])
+  with pytest.raises(SystemExit) as e:
+    compare.main(["--workdirs", *dirs, "--out", str(tmp_path / "out")])
+  assert e.value.code == 2
+  assert "optimizer.learning_rate: 0.05 -> 0.1" in capsys.readouterr().err
+
+
+def test_compare_accepts_distinct_seeds_of_one_config(tmp_path):
+  from kdt.tickets import compare
+  rows = compare.main(["--workdirs", *_seed_dirs(tmp_path, [0, 1]), "--out", str(tmp_path / "o")])
+  assert {r["n"] for r in rows} == {2}

@@ -11,6 +11,10 @@ writes ``summary.json`` (per recipe and round: mean density, mean / std / min / 
 accuracy over seeds and, with ``--baseline``, the mean and std of the per-seed gap to the baseline
 recipe at the same round) and ``accuracy_vs_weights.png`` (mean ± std against weights
 remaining), and prints the table.
+
+The workdirs must be seeds of one experiment: their configs may differ only in ``seeds.*`` (and
+in where the data lives), and no two may share all their seeds — the same run twice would report
+a spread of ±0.00. Anything else is refused with the field named.
 """
 
 from __future__ import annotations
@@ -19,10 +23,56 @@ import argparse
 import json
 import os
 import statistics
+import sys
 from typing import Sequence
 
+from kdt import config_lib
 from kdt import fileio
 from kdt import report
+
+
+class NotSeedsError(ValueError):
+  """The workdirs are not distinct seeds of one config."""
+
+
+def _seeds(config: dict) -> dict:
+  return {f"seeds.{k}": v for k, v in sorted(config.get("seeds", {}).items())}
+
+
+def check_seeds(workdirs: Sequence[str]) -> None:
+  """Refuses workdirs that are not distinct seeds of one config.
+
+  Raises:
+    NotSeedsError: a workdir without ``config.json``; a config that differs from the first one in
+      a field other than ``seeds.*`` (named, with both values); two workdirs with the same seeds.
+  """
+  configs = []
+  for workdir in workdirs:
+    path = os.path.join(workdir, "config.json")
+    if not fileio.exists(path):
+      raise NotSeedsError(f"{workdir} has no config.json, so its seeds cannot be checked")
+    with fileio.open(path, encoding="utf-8") as f:
+      configs.append(json.load(f))
+  first = configs[0]
+  ignore = tuple(_seeds(first)) + config_lib.LOCATION_FIELDS
+  for workdir, config in zip(workdirs[1:], configs[1:]):
+    differences = config_lib.diff(first, config, ignore=ignore + tuple(_seeds(config)))
+    if differences:
+      raise NotSeedsError(
+          f"{workdir} differs from {workdirs[0]} in more than its seeds: {'; '.join(differences)} "
+          "(compare summarises seeds of one config; use python -m kdt.summary A B to compare "
+          "two configs)")
+  seen: dict[tuple, str] = {}
+  for workdir, config in zip(workdirs, configs):
+    seeds = _seeds(config)
+    key = tuple(seeds.items())
+    if key in seen:
+      shown = ", ".join(f"{k}={v}" for k, v in seeds.items())
+      raise NotSeedsError(
+          f"{seen[key]} and {workdir} have the same seeds ({shown}): the same run twice has no "
+          "spread; give each workdir its own seed, e.g. --config.seeds.init=N "
+          "--config.seeds.data_order=N")
+    seen[key] = workdir
 
 
 def load_runs(workdirs: Sequence[str]) -> list[list[dict]]:
@@ -143,6 +193,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
   parser.add_argument("--metric", default="test_accuracy")
   parser.add_argument("--title", default="")
   args = parser.parse_args(argv)
+  try:
+    check_seeds(args.workdirs)
+  except NotSeedsError as e:
+    print(f"kdt: error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+    sys.exit(2)
   summary = summarize(load_runs(args.workdirs), metric=args.metric, baseline=args.baseline)
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, "summary.json"), "w", encoding="utf-8") as f:
