@@ -176,8 +176,9 @@ def make_trainer(config, workdir: str, dataset, model, mesh, teacher_model=None)
   just_logging = jax.process_index() > 0
   return loop.Trainer(
       model, dataset, mesh, settings, augment=config.data.augment,
-      writer_factory=lambda name: report.create_writer(os.path.join(tb_root, name),
-                                                       just_logging=just_logging),
+      writer_factory=lambda name, purge_step=None: report.create_writer(
+          os.path.join(tb_root, name), just_logging=just_logging, purge_step=purge_step,
+          hparams=dict(config_lib.to_dict(config), run=name)),
       ghost_batch_norm=bool(config.parallel.ghost_batch_norm), teacher_model=teacher_model)
 
 
