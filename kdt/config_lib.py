@@ -134,7 +134,7 @@ def imp_fields() -> ml_collections.ConfigDict:
 
 
 def lmc_fields() -> ml_collections.ConfigDict:
-  """The ``config.lmc`` group: instability analysis against the rewind step (METHODS.md §3).
+  """The ``config.lmc`` group: instability analysis against the rewind step (docs/methods.md §3).
 
   For each rewind step k, copies of the dense network and of IMP subnetworks (masks from
   ``config.imp``'s pruning settings, re-training recipe ``rewind``) start from theta_k and train
@@ -158,7 +158,7 @@ def lmc_fields() -> ml_collections.ConfigDict:
 
 
 def correlation_fields() -> ml_collections.ConfigDict:
-  """The ``config.correlation`` group: Liu et al.'s learning-rate sweep (METHODS.md §5).
+  """The ``config.correlation`` group: Liu et al.'s learning-rate sweep (docs/methods.md §5).
 
   For each learning rate: dense training from the same theta_0, IMP with recipes ``lth`` and
   ``random_reinit`` (``config.imp``'s pruning settings), then init <-> trained weight correlation
@@ -179,7 +179,7 @@ CIFAR_TRAIN = 50_000
 
 
 def open_lth_cifar_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """open_lth's CIFAR-10 training (METHODS.md §3.4a), in place; returns ``config``.
+  """open_lth's CIFAR-10 training (docs/methods.md §3.4a), in place; returns ``config``.
 
   Batch 128, SGD momentum 0.9, lr 0.1, x0.1 at epochs 80 and 120, weight decay 1e-4, 160 epochs
   (62,400 steps of 390) on all 50,000 training images; crop (pad 4) + flip.
@@ -202,7 +202,7 @@ def open_lth_cifar_recipe(config: ml_collections.ConfigDict) -> ml_collections.C
 
 
 def kd_ticket_cifar_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The KD-ticket / ToST CIFAR training (METHODS.md §1.6, §2.3), in place; returns ``config``.
+  """The KD-ticket / ToST CIFAR training (docs/methods.md §1.6, §2.3), in place; returns ``config``.
 
   The first 5,000 training images are the validation set, 45,000 train; batch 128, SGD momentum
   0.9, lr 0.1, x0.1 at epochs 90 and 135, weight decay 2e-4, 182 epochs (63,882 steps of 351);
@@ -532,7 +532,7 @@ GRADINIT_ALGS = ("sgd", "adam")
 
 
 def tost_fields() -> ml_collections.ConfigDict:
-  """The ``config.tost`` group: ToST's sparse re-training tweaks (METHODS.md §2.2).
+  """The ``config.tost`` group: ToST's sparse re-training tweaks (docs/methods.md §2.2).
 
   The tweaks change only the *re-training* of a pruned network; the dense run is never touched.
   They apply to the recipe ``tost`` (the control recipe's mask, weights and schedule, re-trained
@@ -655,7 +655,7 @@ DST_ALLOCATIONS = ("erk", "uniform", "layerwise")
 
 
 def dst_fields() -> ml_collections.ConfigDict:
-  """The ``config.dst`` group: sparse training from scratch (RigL, SET), METHODS.md §6.
+  """The ``config.dst`` group: sparse training from scratch (RigL, SET), docs/methods.md §6.
 
   Each method trains a random sparse network (per-layer densities by ``allocation``) from
   theta_0 for ``train.num_steps`` with the dense run's schedule, updating the mask every
