@@ -277,22 +277,62 @@ def distinct_ticks(percents, rel: float = 0.02) -> list[float]:
   return ticks
 
 
+CONTROLS = ("random_reinit", "random_prune", "static", "random")
+"""Control recipes / networks: drawn dashed with triangle markers in every plot."""
+
+_COLORS = {"dense": "black", "lth": "tab:blue", "rewind": "tab:orange", "lr_rewind": "tab:brown",
+           "finetune": "tab:olive", "kd": "tab:green", "kd_rewind": "tab:purple",
+           "kd_lr_rewind": "tab:pink", "tost": "tab:cyan", "random_reinit": "tab:red",
+           "random_prune": "tab:gray", "rigl": "darkgreen", "set": "darkorange", "static": "dimgray",
+           "imp": "tab:blue", "random": "tab:gray"}
+_SPARE_COLORS = ("navy", "maroon", "teal", "goldenrod", "indigo", "sienna")
+
+
+def recipe_style(name: str) -> dict[str, Any]:
+  """Matplotlib style for a recipe (or DST method, or LMC network), the same in every kdt plot.
+
+  Each recipe keeps one colour everywhere; controls (:data:`CONTROLS`) are dashed with triangle
+  markers, the dense network is a dotted black line.
+  """
+  color = _COLORS.get(name) or _SPARE_COLORS[sum(map(ord, name)) % len(_SPARE_COLORS)]
+  if name == "dense":
+    return {"color": color, "linestyle": ":", "marker": "s"}
+  control = name in CONTROLS
+  return {"color": color, "linestyle": "--" if control else "-", "marker": "^" if control else "o"}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+  import statistics
+  return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
 def plot_accuracy_vs_weights(rows: list[dict], path: str, title: str = "") -> None:
-  """Test accuracy against percent of weights remaining (log x, decreasing), one line per recipe."""
+  """Test accuracy against percent of weights remaining (log x, decreasing), one line per recipe.
+
+  Rows with a ``replicate`` field are averaged per (recipe, round): the line is the mean, the error
+  bars ±1 standard deviation over the replicates, and the caption under the plot says so.
+  """
   plt = _pyplot()
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  dense = [r for r in rows if r["recipe"] == "dense"]
-  recipes = list(dict.fromkeys(r["recipe"] for r in rows if r["recipe"] != "dense"))
+  fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
+  groups: dict[tuple[str, int], list[dict]] = {}
+  for r in rows:
+    groups.setdefault((r["recipe"], int(r.get("round", 0))), []).append(r)
+  stats = {key: (100 * _mean_std([g["density"] for g in group])[0],
+                 *[100 * v for v in _mean_std([g["test_accuracy"] for g in group])], len(group))
+           for key, group in groups.items()}
+  replicates = max((n for *_, n in stats.values()), default=1)
+  dense = [v for (recipe, _), v in stats.items() if recipe == "dense"]
+  recipes = list(dict.fromkeys(recipe for recipe, _ in stats if recipe != "dense"))
   for recipe in recipes:
-    points = sorted(((100 * r["density"], 100 * r["test_accuracy"]) for r in rows
-                     if r["recipe"] == recipe), reverse=True)
+    points = sorted((v for (name, _), v in stats.items() if name == recipe), reverse=True)
     if dense:
-      points = [(100.0, 100 * dense[0]["test_accuracy"])] + points
-    xs, ys = zip(*points)
-    ax.plot(xs, ys, marker="o", markersize=4, label=recipe,
-            linestyle="--" if recipe.startswith("random") else "-")
+      points = [(100.0, *dense[0][1:])] + points
+    xs, ys, es, _ = zip(*points)
+    ax.errorbar(xs, ys, yerr=es if replicates > 1 else None, markersize=4, capsize=3,
+                label=recipe, **recipe_style(recipe))
   if dense:
-    ax.axhline(100 * dense[0]["test_accuracy"], color="black", linewidth=1, linestyle=":",
+    style = recipe_style("dense")
+    ax.axhline(dense[0][1], color=style["color"], linewidth=1, linestyle=style["linestyle"],
                label="dense")
   ax.set_xscale("log")
   ax.invert_xaxis()
@@ -305,6 +345,10 @@ def plot_accuracy_vs_weights(rows: list[dict], path: str, title: str = "") -> No
   ax.set_title(title or "accuracy vs. weights remaining")
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=8)
+  caption = (f"Lines: mean over {replicates} replicates; error bars: ±1 standard deviation."
+             if replicates > 1 else "One run per point (no replicates, so no error bars).")
+  fig.text(0.01, -0.01, caption + " Dashed lines with triangles: control recipes.",
+           fontsize=7, ha="left", va="top")
   _save(fig, path)
   plt.close(fig)
 
@@ -318,28 +362,41 @@ def _layer_sort_key(path: str):
 
 def plot_layer_density(layer_densities: dict[str, dict[int, dict[str, float]]], path: str,
                        title: str = "") -> None:
-  """Density of every prunable layer after each round, one panel per mask lineage."""
+  """Density of every prunable layer after each round, one panel per mask lineage.
+
+  Rounds are coloured along one colour map (early light, late dark), so any number of rounds stays
+  distinguishable; the legend sits outside the panels and never hides a line.
+  """
   plt = _pyplot()
   names = list(layer_densities)
-  fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 4), squeeze=False, sharey=True)
+  fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names) + 1.2, 4.4), squeeze=False,
+                           sharey=True, layout="constrained")
+  rounds = sorted({r for by_round in layer_densities.values() for r in by_round})
+  cmap = plt.get_cmap("viridis")
+  colour = {r: cmap(0.9 * i / max(len(rounds) - 1, 1)) for i, r in enumerate(reversed(rounds))}
+  handles = {}
   for ax, name in zip(axes[0], names):
     by_round = layer_densities[name]
     layers = sorted(next(iter(by_round.values())), key=_layer_sort_key)
     short = [l.replace("/kernel", "") for l in layers]
     for round_index in sorted(by_round):
-      ax.plot(range(len(layers)), [100 * by_round[round_index][l] for l in layers], marker="o",
-              markersize=3, label=f"round {round_index}")
+      (line,) = ax.plot(range(len(layers)), [100 * by_round[round_index][l] for l in layers],
+                        marker="o", markersize=3, color=colour[round_index],
+                        label=f"round {round_index}")
+      handles.setdefault(round_index, line)
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(matplotlib_ticker().FormatStrFormatter("%g"))
     ax.yaxis.set_minor_formatter(matplotlib_ticker().FormatStrFormatter("%g"))
     ax.tick_params(axis="y", which="minor", labelsize=6)
     ax.set_xticks(range(len(layers)))
     ax.set_xticklabels(short, rotation=60, ha="right", fontsize=7)
-    ax.set_title(name)
+    ax.set_title(f"masks of {name}", fontsize=9)
     ax.grid(True, alpha=0.3)
   axes[0][0].set_ylabel("percent of layer's weights remaining")
-  axes[0][-1].legend(fontsize=7)
-  fig.suptitle(title or "per-layer density")
+  ordered = [handles[r] for r in sorted(handles)]
+  fig.legend(ordered, [h.get_label() for h in ordered], loc="outside right upper", fontsize=7,
+             title="after round", title_fontsize=7)
+  fig.suptitle(title or "per-layer density", fontsize=11)
   _save(fig, path)
   plt.close(fig)
 

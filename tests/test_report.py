@@ -128,3 +128,48 @@ def test_resumed_training_run_shows_each_step_once(tmp_path, monkeypatch):
   acc = _accumulator(tmp_path / "tensorboard" / "dense")
   assert [e.step for e in acc.Scalars("train/loss")] == [5, 10, 15, 20, 25, 30]
   assert [e.step for e in acc.Scalars("eval/test_accuracy")] == [15, 30]
+
+
+def _captured(monkeypatch):
+  figures = []
+  monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig))
+  return figures
+
+
+def test_layer_density_legend_shows_every_round_outside_the_panels(monkeypatch, tmp_path):
+  figures = _captured(monkeypatch)
+  densities = {name: {r: {"fc1/kernel": 0.8 ** r, "fc2/kernel": 0.7 ** r, "head/kernel": 1.0}
+                      for r in range(1, 11)} for name in ("lth", "rewind")}
+  report.plot_layer_density(densities, str(tmp_path / "d.png"), title="a long title " * 4)
+  (fig,) = figures
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  canvas = FigureCanvasAgg(fig)
+  canvas.draw()
+  renderer = canvas.get_renderer()
+  (legend,) = fig.legends
+  assert [t.get_text() for t in legend.get_texts()] == [f"round {r}" for r in range(1, 11)]
+  box = legend.get_window_extent(renderer)
+  for ax in fig.axes:
+    assert not box.overlaps(ax.get_window_extent(renderer))
+    assert not fig._suptitle.get_window_extent(renderer).overlaps(  # pylint: disable=protected-access
+        ax.title.get_window_extent(renderer))
+  colours = {tuple(line.get_color()) for line in fig.axes[0].get_lines()}
+  assert len(colours) == 10
+
+
+def test_accuracy_plot_error_bars_are_explained_and_controls_dashed(monkeypatch, tmp_path):
+  figures = _captured(monkeypatch)
+  rows = [{"round": r, "recipe": recipe, "density": 0.8 ** r, "test_accuracy": 0.9 - 0.01 * i,
+           "replicate": i}
+          for i in range(3) for r in (1, 2) for recipe in ("lth", "random_reinit")]
+  rows += [{"round": 0, "recipe": "dense", "density": 1.0, "test_accuracy": 0.95, "replicate": i}
+           for i in range(3)]
+  report.plot_accuracy_vs_weights(rows, str(tmp_path / "a.png"))
+  (fig,) = figures
+  caption = " ".join(t.get_text() for t in fig.texts)
+  assert "mean over 3 replicates" in caption and "standard deviation" in caption
+  lines = {c.get_label(): c.lines[0] for c in fig.axes[0].containers}
+  assert lines["random_reinit"].get_linestyle() == "--" and lines["lth"].get_linestyle() == "-"
+  assert report.recipe_style("random_reinit") == report.recipe_style("random_reinit")
+  assert report.recipe_style("random_prune")["linestyle"] == "--"
+  assert report.recipe_style("lth")["color"] != report.recipe_style("rewind")["color"]

@@ -163,8 +163,8 @@ def plot_summary(summary: list[dict], path: str, title: str = "") -> None:
     if dense:
       points = [(100.0, 100 * dense[0]["mean"], 100 * dense[0]["std"])] + points
     xs, ys, es = zip(*points)
-    ax.errorbar(xs, ys, yerr=es, marker="o", markersize=4, capsize=3, label=recipe,
-                linestyle="--" if recipe in ("random_reinit", "random_prune", "static") else "-")
+    ax.errorbar(xs, ys, yerr=es, markersize=4, capsize=3, label=recipe,
+                **report.recipe_style(recipe))
   if dense:
     ax.axhline(100 * dense[0]["mean"], color="black", linewidth=1, linestyle=":", label="dense")
   ax.set_xscale("log")
@@ -179,6 +179,8 @@ def plot_summary(summary: list[dict], path: str, title: str = "") -> None:
   ax.set_title(title or f"accuracy vs. weights remaining ({n} seeds)")
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=8)
+  fig.text(0.01, -0.01, f"Lines: mean over {n} seeds; error bars: ±1 standard deviation over the "
+           "seeds. Dashed lines with triangles: control recipes.", fontsize=7, ha="left", va="top")
   tmp = f"{path}.tmp.{os.getpid()}.png"
   fig.savefig(tmp, dpi=130, bbox_inches="tight")
   os.replace(tmp, path)
