@@ -267,7 +267,9 @@ def diff(old: dict, new: dict, *, ignore: tuple[str, ...] = ()) -> list[str]:
 # Validation.
 
 def _type_name(value) -> str:
-  return "a list of int" if isinstance(value, (tuple, list)) else type(value).__name__
+  if isinstance(value, (tuple, list)):
+    return f"a list of {type(value[0]).__name__}" if value else "a list"
+  return type(value).__name__
 
 
 def _check_structure(config: dict, schema: dict, prefix: str = "") -> None:

@@ -190,6 +190,9 @@ def _check_config_path(argv: Sequence[str]) -> None:
     fail("--config is required: a config file such as configs/quickstart.py (python -m kdt.main "
          "--help lists them all)")
   file_path = path.split(":", 1)[0]
+  if os.path.isdir(file_path):
+    fail(f"--config {path} is a directory; give a file, e.g. configs/quickstart.py (python -m "
+         "kdt.main --help lists them)")
   if not os.path.isfile(file_path):
     near = _nearest_configs(file_path)
     hint = (f"; nearest in configs/: {', '.join(near)}" if near else
@@ -216,6 +219,8 @@ def _explain_parse_error(e: BaseException, argv: Sequence[str]) -> str:
   path = _config_arg(argv)
   if isinstance(e, SyntaxError):
     return (f"--config {path}: syntax error in {e.filename or path}, line {e.lineno}: {e.msg}")
+  if isinstance(e, AttributeError) and "get_config" in str(e):
+    return f"--config {path}: the file defines no get_config() function"
   if isinstance(e, (AttributeError, KeyError)):  # an override naming a field the config lacks
     text = _clean(e.args[0] if e.args else e)
     key = text.split()[0].strip("'\"") if text else ""

@@ -154,3 +154,41 @@ def test_failed_start_writes_nothing_and_location_is_not_config(tmp_path):
   with pytest.raises(experiment.WorkdirConfigMismatchError, match="seeds.init"):
     experiment.prepare_workdir(config, workdir)
   assert json.loads(stored)["data"]["dir"] == ""
+
+
+def _config_file(tmp_path, name, text):
+  path = tmp_path / name
+  path.write_text(text)
+  return str(path)
+
+
+@pytest.mark.parametrize("make_args,needle", [
+    (lambda t: ["--config.train.batch_size="], "--config.train.batch_size="),
+    (lambda t: ["--config.seeds.init=1.5"], "--config.seeds.init=1.5"),
+    (lambda t: ["--config.train.num_steps=1e3"], "--config.train.num_steps=1e3"),
+    (lambda t: ["--config.optimizer=sgd"], "--config.optimizer=sgd"),
+    (lambda t: ["--allow_config_change=maybe"], "--allow_config_change=maybe"),
+    (lambda t: ["--config.imp.recipse=('lth',)"], "'recipse'"),
+    (lambda t: ["--config.optimiser.learning_rate=0.1"], "'optimiser'"),
+    (lambda t: ["--config", _config_file(t, "noget.py", "x = 1\n")], "no get_config()"),
+    (lambda t: ["--config", _config_file(t, "raises.py", "def get_config():\n  raise ValueError('boom')\n")],
+     "ValueError: boom"),
+    (lambda t: ["--config", _config_file(t, "dict.py", "def get_config():\n  return {'a': 1}\n")],
+     "not a ConfigDict"),
+    (lambda t: ["--config", _config_file(t, "indent.py", "def get_config():\nreturn 1\n")],
+     "syntax error"),
+    (lambda t: ["--config", os.path.join(REPO, "configs")], "is a directory"),
+    (lambda t: ["--config", QUICKSTART + ":smoke"], "get_config()"),
+])
+def test_malformed_inputs_leave_an_existing_workdir_untouched(tmp_path, make_args, needle):
+  workdir = tmp_path / "existing"
+  workdir.mkdir()
+  (workdir / "config.json").write_text('{"experiment": "imp"}\n')
+  (workdir / "results.json").write_text("[]\n")
+  before = _snapshot(str(workdir))
+  args = make_args(tmp_path)
+  if "--config" not in args:
+    args = ["--config", QUICKSTART, *args]
+  line = _one_error_line(_kdt(*args, "--workdir", str(workdir)))
+  assert needle in line, line
+  assert _snapshot(str(workdir)) == before
