@@ -30,6 +30,7 @@ setuptools.setup(
         "numpy>=1.26",
         "scikit-learn>=1.4",
         "matplotlib>=3.8",
+        "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
     ],
     extras_require={
         "test": [

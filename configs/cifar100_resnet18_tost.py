@@ -1,5 +1,5 @@
 """ToST (Jaiswal et al., ICML 2022): LTH vs LTH + all re-training tweaks, ResNet-18 on CIFAR-100,
-METHODS.md §2.
+docs/methods.md §2.
 
 Command:
   python -m kdt.main --config configs/cifar100_resnet18_tost.py \
@@ -24,7 +24,7 @@ Hardware: one accelerator; 33 runs of 182 epochs (~1 h each on a V100-class GPU,
 several times faster on a TPU v3-8 or an H100).
 Expected: the paper's headline: combining all the tweaks gives +1.05 % to +4.93 % test accuracy
 over vanilla LTH (the abstract's range; the gain grows with sparsity, the exact sparsities of both
-ends were not found, METHODS.md §2.4); dense ResNet-18 ~76-78 % on CIFAR-100. Results: results.json
+ends were not found, docs/methods.md §2.4); dense ResNet-18 ~76-78 % on CIFAR-100. Results: results.json
 (best-validation test accuracy in `test_accuracy_at_best_val`), plots/accuracy_vs_weights.png.
 """
 

@@ -1,4 +1,4 @@
-"""KD-rewinding (Ma et al. 2021): KD-ticket "ResNet-110" (`oresnet110`) on CIFAR-10 (METHODS.md §1).
+"""KD-rewinding (Ma et al. 2021): KD-ticket "ResNet-110" (`oresnet110`) on CIFAR-10 (docs/methods.md §1).
 
 Command:
   python -m kdt.main --config configs/cifar10_resnet110_kd_rewind.py \
@@ -21,7 +21,7 @@ are the exact 0.8^k.
 Hardware: one accelerator; 33 runs x ~3 h on a V100-class GPU (~4 days); a TPU v3-8 is faster.
 Expected: dense ~94 % (He et al. 2016 report 5.93 % error for this bottleneck ResNet-164); the
 KD-rewinding gives the best sparse networks of all recipes ("state of the art"; the per-
-sparsity tables were not found, METHODS.md §1.8). Results: results.json, best-validation test
+sparsity tables were not found, docs/methods.md §1.8). Results: results.json, best-validation test
 accuracy in `test_accuracy_at_best_val`.
 """
 

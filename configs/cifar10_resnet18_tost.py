@@ -1,5 +1,5 @@
 """ToST (Jaiswal et al., ICML 2022): LTH vs LTH + all re-training tweaks, ResNet-18 on CIFAR-10,
-METHODS.md §2.
+docs/methods.md §2.
 
 Command:
   python -m kdt.main --config configs/cifar10_resnet18_tost.py \
@@ -23,7 +23,7 @@ network over N steps; the paper's "early stage of training", schedule not in the
 Hardware: one accelerator; 33 runs of 182 epochs (~1 h each on a V100-class GPU, ~1.5 days in all;
 several times faster on a TPU v3-8 or an H100).
 Expected: dense ~95 %; `tost` at or above `lth` at every sparsity, the gap growing at high sparsity
-(the paper says the gains generalise to CIFAR-10; its CIFAR-10 numbers were not found, METHODS.md
+(the paper says the gains generalise to CIFAR-10; its CIFAR-10 numbers were not found, docs/methods.md
 §2.4, so expect gains below CIFAR-100's +1.05 % to +4.93 %). Results: results.json (best-validation
 test accuracy in `test_accuracy_at_best_val`), plots/accuracy_vs_weights.png.
 """

@@ -1,4 +1,4 @@
-"""ResNet-20 on CIFAR-10, open_lth `cifar_resnet_20` defaults (METHODS.md §3.4a).
+"""ResNet-20 on CIFAR-10, open_lth `cifar_resnet_20` defaults (docs/methods.md §3.4a).
 
 Command:
   python -m kdt.main --config configs/cifar10_resnet20.py --workdir /tmp/kdt_cifar10_resnet20 \

@@ -1,11 +1,11 @@
 """Instability analysis of ResNet-20 on CIFAR-10 (Frankle et al., "Linear Mode Connectivity and the
-Lottery Ticket Hypothesis", ICML 2020; METHODS.md §3.3-3.5).
+Lottery Ticket Hypothesis", ICML 2020; docs/methods.md §3.3-3.5).
 
 Command:
   python -m kdt.main --config configs/cifar10_resnet20_lmc.py --workdir /tmp/kdt_resnet20_lmc \
       [--config.data.dir=/path/with/cifar-10-python.tar.gz]
 
-Recipe: the open_lth `cifar_resnet_20` run (METHODS.md §3.4a): batch 128, SGD momentum 0.9, lr 0.1,
+Recipe: the open_lth `cifar_resnet_20` run (docs/methods.md §3.4a): batch 128, SGD momentum 0.9, lr 0.1,
 x0.1 at epochs 80 and 120, weight decay 1e-4, 160 epochs = 62,400 steps of 390; crop + flip.
 Subnetworks: IMP with rewinding to each k (LMC Algorithm 2), global magnitude, all conv and dense
 kernels (incl. 1x1 shortcuts), 20 % per round for 8 rounds = 16.8 % of the weights (the LMC
@@ -23,7 +23,7 @@ each k costs 8 IMP rounds + 5 copies (~6.5 h), so the whole sweep is ~45 GPU-hou
 --config.lmc.mask_rewind_step=500 finds the masks once (IMP rewound to step 500) and uses them for
 every k (~22 GPU-hours); this deviates from Algorithm 2 for k != 500.
 
-Expected (METHODS.md §3.5; LMC [2nd-hand]): dense accuracy ~91.7 %; the dense network becomes
+Expected (docs/methods.md §3.5; LMC [2nd-hand]): dense accuracy ~91.7 %; the dense network becomes
 stable (test instability < 2 %) at k = 2000 (3 % of training); the 16.8 % IMP subnetwork is
 unstable and not matching at k = 0 and becomes stable and matching at k = 500, earlier than the
 dense network; the random-mask control is neither stable nor matching at any k. Even for stable

@@ -4,7 +4,7 @@ Command:
   python -m kdt.main --config configs/cifar10_resnet56_lr_rewind.py \
       --workdir /tmp/kdt_cifar10_resnet56_lrr [--config.data.dir=/path/with/cifar-10-python.tar.gz]
 
-Recipe (the reproduction's `resnet-56-iterative.yaml`, METHODS.md §4.2): standard basic-block
+Recipe (the reproduction's `resnet-56-iterative.yaml`, docs/methods.md §4.2): standard basic-block
 ResNet-56, batch 128, SGD momentum 0.9, 72,000 iterations, lr 0.1 -> 0.01 at 36K -> 0.001 at 54K,
 L2 1e-4. IMP: 20 % of the remaining weights per round, global magnitude, 10 rounds (to 10.7 %).
 Every recipe re-trains for the same budget t = T - 8K = 64K iterations:
@@ -12,7 +12,7 @@ Every recipe re-trains for the same budget t = T - 8K = 64K iterations:
 schedule replayed from 8K — Renda et al.'s proposal) and `finetune` (final weights, constant
 lr 0.001).
 Hardware: one GPU (~31 runs x 40 min).
-Expected (Renda et al., METHODS.md §4.3/§7 R10): both rewinding recipes beat fine-tuning at every
+Expected (Renda et al., docs/methods.md §4.3/§7 R10): both rewinding recipes beat fine-tuning at every
 sparsity, and LR rewinding matches or beats weight rewinding; dense ~93-94 %.
 """
 

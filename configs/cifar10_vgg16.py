@@ -1,4 +1,4 @@
-"""VGG-16 (BN) on CIFAR-10, open_lth `cifar_vgg_16` defaults (METHODS.md §3.4a).
+"""VGG-16 (BN) on CIFAR-10, open_lth `cifar_vgg_16` defaults (docs/methods.md §3.4a).
 
 Command:
   python -m kdt.main --config configs/cifar10_vgg16.py --workdir /tmp/kdt_cifar10_vgg16 \

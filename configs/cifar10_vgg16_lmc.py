@@ -1,11 +1,11 @@
 """Instability analysis of VGG-16 on CIFAR-10 (Frankle et al., "Linear Mode Connectivity and the
-Lottery Ticket Hypothesis", ICML 2020; METHODS.md §3.3-3.5).
+Lottery Ticket Hypothesis", ICML 2020; docs/methods.md §3.3-3.5).
 
 Command:
   python -m kdt.main --config configs/cifar10_vgg16_lmc.py --workdir /tmp/kdt_vgg16_lmc \
       [--config.data.dir=/path/with/cifar-10-python.tar.gz]
 
-Recipe: the open_lth `cifar_vgg_16` run (METHODS.md §3.4a): batch 128, SGD momentum 0.9, lr 0.1,
+Recipe: the open_lth `cifar_vgg_16` run (docs/methods.md §3.4a): batch 128, SGD momentum 0.9, lr 0.1,
 x0.1 at epochs 80 and 120, weight decay 1e-4, 160 epochs = 62,400 steps of 390; crop + flip.
 Subnetworks: IMP with rewinding to each k (LMC Algorithm 2), global magnitude over the conv
 kernels (output layer dense, as open_lth), 20 % per round for 19 rounds = 1.44 % of the weights
@@ -23,7 +23,7 @@ masks by IMP rewound to each k the sweep is ~7 x (19 + 5) runs (~170 GPU-hours).
 --config.lmc.mask_rewind_step=1000 finds the masks once (~19 h) and then trains 5 copies per k
 (~35 h more); this deviates from Algorithm 2 for k != 1000.
 
-Expected (METHODS.md §3.5; LMC [2nd-hand]): dense accuracy ~93.7 %; the dense network becomes
+Expected (docs/methods.md §3.5; LMC [2nd-hand]): dense accuracy ~93.7 %; the dense network becomes
 stable (test instability < 2 %) at k = 1000 (1.5 % of training); the IMP subnetwork is not
 matching at k = 0 and becomes stable and matching at k = 1000; random pruning is neither stable
 nor matching. The L2 distance between stable copies stays ~45 % of the distance travelled.

@@ -1,5 +1,5 @@
 """ToST (Jaiswal et al., ICML 2022): LTH vs LTH + all re-training tweaks, VGG-16 on CIFAR-10,
-METHODS.md §2.
+docs/methods.md §2.
 
 Command:
   python -m kdt.main --config configs/cifar10_vgg16_tost.py \
@@ -22,7 +22,7 @@ network over N steps; the paper's "early stage of training", schedule not in the
 Hardware: one accelerator; 33 runs of 182 epochs (~0.7 h each on a V100-class GPU, ~1 day in all;
 several times faster on a TPU v3-8 or an H100).
 Expected: dense ~93.5-94 %; `tost` at or above `lth`, most at high sparsity (the paper lists VGG-16
-among the architectures its gains generalise to; per-sparsity numbers were not found, METHODS.md
+among the architectures its gains generalise to; per-sparsity numbers were not found, docs/methods.md
 §2.4). Results: results.json (best-validation test accuracy in `test_accuracy_at_best_val`),
 plots/accuracy_vs_weights.png.
 """

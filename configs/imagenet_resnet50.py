@@ -1,4 +1,4 @@
-"""ResNet-50 on ImageNet, open_lth `imagenet_resnet_50` defaults (METHODS.md §3.4a).
+"""ResNet-50 on ImageNet, open_lth `imagenet_resnet_50` defaults (docs/methods.md §3.4a).
 
 Command (TPU pod; see README "Running on a TPU pod"):
   python -m kdt.main --config configs/imagenet_resnet50.py --workdir gs://BUCKET/kdt/imagenet_rn50 \

@@ -1,4 +1,4 @@
-"""KD-rewinding on ImageNet ResNet-50 (Ma et al. 2021, `ImageNet/kd_ticket.py`; METHODS.md §1).
+"""KD-rewinding on ImageNet ResNet-50 (Ma et al. 2021, `ImageNet/kd_ticket.py`; docs/methods.md §1).
 
 Command (TPU pod; see README "Running on a TPU pod"):
   python -m kdt.main --config configs/imagenet_resnet50_kd_rewind.py \
@@ -11,11 +11,11 @@ sparsities 36, 59.04, 73.79, 83.22, 89.26 % (densities 0.8^(2k)). Re-training re
 and runs epochs 6 -> 90 with `rewind` (CE) and `kd_rewind` (KD, T = 4, alpha = 0.9, per-sample
 'batchmean' KL, until the KD cut-off at epoch 60 — the released `--eskd 60` — then plain CE).
 Batch 1024 (open_lth / `baseline.py`); the KD-ticket `lottery_ticket.py` and `kd_ticket.py` use
-batch 512 with the lr left at 0.4 — an inconsistency in the released code (METHODS.md §1.6).
+batch 512 with the lr left at 0.4 — an inconsistency in the released code (docs/methods.md §1.6).
 Hardware: a TPU v3-32 / v4-32 slice; 11 runs x ~7 h.
 Expected: dense 76.1 % top-1; Stabilizing reports that rewinding to epoch 6 keeps dense accuracy
 at 20 % of the weights (R5), and the KD-ticket paper claims KD-rewinding is best of all (no
-per-sparsity numbers found, METHODS.md §1.8).
+per-sparsity numbers found, docs/methods.md §1.8).
 """
 
 from kdt import config_lib

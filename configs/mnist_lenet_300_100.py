@@ -1,4 +1,4 @@
-"""LeNet-300-100 on MNIST, open_lth `mnist_lenet_300_100` defaults (METHODS.md §3.4a).
+"""LeNet-300-100 on MNIST, open_lth `mnist_lenet_300_100` defaults (docs/methods.md §3.4a).
 
 Command:
   python -m kdt.main --config configs/mnist_lenet_300_100.py --workdir /tmp/kdt_mnist_lenet \

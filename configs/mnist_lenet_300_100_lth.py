@@ -1,4 +1,4 @@
-"""Lottery tickets in LeNet-300-100 on MNIST (Frankle & Carbin 2019; METHODS.md §3.4).
+"""Lottery tickets in LeNet-300-100 on MNIST (Frankle & Carbin 2019; docs/methods.md §3.4).
 
 Command:
   python -m kdt.main --config configs/mnist_lenet_300_100_lth.py \

@@ -13,7 +13,7 @@ the final ticket over its surviving weights, the ticket-minus-reinit accuracy ga
 the ticket's mask overlaps the magnitude mask of theta_0 itself. Writes results.json/.csv,
 correlation_summary.json, plots/correlation.png and plots/mask_overlap.png.
 
-Hardware: any CPU (about 2.5 minutes on 2 cores). Liu et al. (METHODS.md §5) predict the
+Hardware: any CPU (about 2.5 minutes on 2 cores). Liu et al. (docs/methods.md §5) predict the
 correlation, the mask's overlap with theta_0's magnitudes and the ticket's edge over random
 re-initialisation to shrink as the learning rate grows.
 

@@ -19,7 +19,7 @@ seeds): dense 98.1 %; down to 27 % of the weights every method is within 0.4 poi
 96.3 / 95.9, `static` 97.5 / 96.1 / 96.2 (spread over seeds 0.3-1.2 points): RigL trails IMP by
 0.7-0.8 points at the same step budget and beats SET and the static mask at 12 and 7.5 %. One
 seed's difference is noise: run several (--config.seeds.init=1 --config.seeds.prune=1 ...) and
-compare them with `python -m kdt.tickets.compare --workdirs ... --out DIR --baseline lth`.
+compare them with `python -m kdt.compare --workdirs ... --out DIR --baseline lth`.
 """
 
 from kdt import config_lib

@@ -18,7 +18,7 @@ seeds): dense 98.1 %; `lth` 98.1 % at 65 % of the weights down to 96.2 % at 1.3 
 `lth` by +0.7, +0.7, +0.7, +0.2, +0.4, +0.2, +0.7, +0.4, +0.4 and -0.1 points from 65 % to 1.3 %
 (per-seed spread 0.3-1.2 points; label smoothing alone gives most of the gain, swish alone
 none). One seed's difference is noise: run several (--config.seeds.init=1 ...) and compare
-them with `python -m kdt.tickets.compare --workdirs ... --out DIR --baseline lth`.
+them with `python -m kdt.compare --workdirs ... --out DIR --baseline lth`.
 """
 
 from kdt import config_lib

@@ -6,6 +6,7 @@ The public surface, for notebooks and scripts (``python -m kdt.main`` calls the 
   config = kdt.config_lib.base_config("imp")          # or a file from configs/
   rows = kdt.run(config, "/tmp/workdir")             # validate, prepare the workdir, run
   rows = kdt.load_results("/tmp/workdir")
+  ticket = kdt.export.load_ticket("/tmp/workdir", round_index=3, recipe="lth")  # mask, θ₀, θ_k, trained
   model = kdt.models.create_model("resnet20", num_classes=10, input_shape=(32, 32, 3))
   mask = kdt.pruning.prune_global(kdt.pruning.magnitude(params), mask, prunable, 0.2)
   state, metrics = kdt.train_step(state, mask, batch, None, model=..., direction=..., ...)
@@ -26,8 +27,8 @@ _LAZY = {
     "TrainState": ("kdt.train.state", "TrainState"),
     "RECIPES": ("kdt.tickets.recipes", "RECIPES"),
 }
-_SUBMODULES = ("analysis", "checkpoint", "config_lib", "data", "experiments", "models", "parallel",
-               "pruning", "report", "tickets", "train", "workdir")
+_SUBMODULES = ("analysis", "checkpoint", "config_lib", "data", "experiments", "export", "models",
+               "names", "parallel", "pruning", "report", "summary", "tickets", "train", "workdir")
 
 __all__ = tuple(_LAZY) + _SUBMODULES
 

@@ -142,7 +142,7 @@ def imp_fields() -> ml_collections.ConfigDict:
 
 
 def lmc_fields() -> ml_collections.ConfigDict:
-  """The ``config.lmc`` group: instability analysis against the rewind step (METHODS.md §3).
+  """The ``config.lmc`` group: instability analysis against the rewind step (docs/methods.md §3).
 
   For each rewind step k, copies of the dense network and of IMP subnetworks (masks from
   ``config.imp``'s pruning settings, re-training recipe ``rewind``) start from theta_k and train
@@ -166,7 +166,7 @@ def lmc_fields() -> ml_collections.ConfigDict:
 
 
 def correlation_fields() -> ml_collections.ConfigDict:
-  """The ``config.correlation`` group: Liu et al.'s learning-rate sweep (METHODS.md §5).
+  """The ``config.correlation`` group: Liu et al.'s learning-rate sweep (docs/methods.md §5).
 
   For each learning rate: dense training from the same theta_0, IMP with recipes ``lth`` and
   ``random_reinit`` (``config.imp``'s pruning settings), then init <-> trained weight correlation
@@ -187,7 +187,7 @@ CIFAR_TRAIN = 50_000
 
 
 def open_lth_cifar_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """open_lth's CIFAR-10 training (METHODS.md §3.4a), in place; returns ``config``.
+  """open_lth's CIFAR-10 training (docs/methods.md §3.4a), in place; returns ``config``.
 
   Batch 128, SGD momentum 0.9, lr 0.1, x0.1 at epochs 80 and 120, weight decay 1e-4, 160 epochs
   (62,400 steps of 390) on all 50,000 training images; crop (pad 4) + flip.
@@ -210,7 +210,7 @@ def open_lth_cifar_recipe(config: ml_collections.ConfigDict) -> ml_collections.C
 
 
 def kd_ticket_cifar_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The KD-ticket / ToST CIFAR training (METHODS.md §1.6, §2.3), in place; returns ``config``.
+  """The KD-ticket / ToST CIFAR training (docs/methods.md §1.6, §2.3), in place; returns ``config``.
 
   The first 5,000 training images are the validation set, 45,000 train; batch 128, SGD momentum
   0.9, lr 0.1, x0.1 at epochs 90 and 135, weight decay 2e-4, 182 epochs (63,882 steps of 351);
@@ -254,11 +254,18 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
   return out
 
 
-def diff(old: dict, new: dict) -> list[str]:
-  """Fields that differ between two resolved configs (as dicts), formatted ``field: old -> new``."""
+LOCATION_FIELDS = ("data.dir", "data.tfds_dir")
+"""Where the data lives, not what the run is: a rerun may move them (see :func:`diff`)."""
+
+
+def diff(old: dict, new: dict, *, ignore: tuple[str, ...] = ()) -> list[str]:
+  """Fields that differ between two resolved configs (as dicts), formatted ``field: old -> new``.
+
+  Fields named in ``ignore`` (e.g. :data:`LOCATION_FIELDS`) are left out.
+  """
   flat_old, flat_new = _flatten(old), _flatten(new)
   lines = []
-  for key in sorted(set(flat_old) | set(flat_new)):
+  for key in sorted((set(flat_old) | set(flat_new)) - set(ignore)):
     if flat_old.get(key, "<absent>") != flat_new.get(key, "<absent>"):
       lines.append(f"{key}: {flat_old.get(key, '<absent>')!r} -> {flat_new.get(key, '<absent>')!r}")
   return lines
@@ -268,7 +275,9 @@ def diff(old: dict, new: dict) -> list[str]:
 # Validation.
 
 def _type_name(value) -> str:
-  return "a list of int" if isinstance(value, (tuple, list)) else type(value).__name__
+  if isinstance(value, (tuple, list)):
+    return f"a list of {type(value[0]).__name__}" if value else "a list"
+  return type(value).__name__
 
 
 def _check_structure(config: dict, schema: dict, prefix: str = "") -> None:
@@ -338,6 +347,14 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
 
   cfg = to_dict(config)
   _choice(cfg, "experiment", EXPERIMENTS)
+  missing = [g for g, v in to_dict(base_config(cfg["experiment"])).items()
+             if isinstance(v, dict) and g not in cfg]
+  if missing:
+    raise ConfigError("experiment", cfg["experiment"],
+                      f"an experiment whose config groups this config has (it lacks "
+                      f"{', '.join('config.' + g for g in missing)}); start from a "
+                      f"config of experiment {cfg['experiment']!r} in configs/ or from "
+                      f"config_lib.base_config({cfg['experiment']!r})")
   _check_structure(cfg, to_dict(base_config(cfg["experiment"])))
   for seed in ("init", "data_order", "augment", "prune"):
     _range(cfg, f"seeds.{seed}", 0)
@@ -525,7 +542,7 @@ GRADINIT_ALGS = ("sgd", "adam")
 
 
 def tost_fields() -> ml_collections.ConfigDict:
-  """The ``config.tost`` group: ToST's sparse re-training tweaks (METHODS.md §2.2).
+  """The ``config.tost`` group: ToST's sparse re-training tweaks (docs/methods.md §2.2).
 
   The tweaks change only the *re-training* of a pruned network; the dense run is never touched.
   They apply to the recipe ``tost`` (the control recipe's mask, weights and schedule, re-trained
@@ -647,7 +664,7 @@ DST_ALLOCATIONS = ("erk", "uniform", "layerwise")
 
 
 def dst_fields() -> ml_collections.ConfigDict:
-  """The ``config.dst`` group: sparse training from scratch (RigL, SET), METHODS.md §6.
+  """The ``config.dst`` group: sparse training from scratch (RigL, SET), docs/methods.md §6.
 
   Each method trains a random sparse network (per-layer densities by ``allocation``) from
   theta_0 for ``train.num_steps`` with the dense run's schedule, updating the mask every

@@ -1,19 +1,19 @@
-"""Reporting at the edges: results tables, plots, metric writers (TensorBoard without TensorFlow).
+"""Reporting at the edges: results tables, plots, metric writers (TensorBoard via tensorboardX).
 
-TensorBoard reads TFRecord files of serialized ``Event`` protocol buffers. Scalars need only three
-tiny messages, so :class:`EventFileWriter` encodes them by hand (no TensorFlow, no protobuf
-dependency); the files open in a stock ``tensorboard --logdir``. (clu's ``metric_writers`` package
-imports TensorFlow when imported, so kdt's writers follow clu's ``MetricWriter`` method names —
-``write_scalars``, ``flush``, ``close`` — without importing it.)
+TensorBoard event files are written by tensorboardX (no TensorFlow). A resumed run passes
+``purge_step`` so TensorBoard drops the points the killed attempt wrote after its last checkpoint,
+and each run's writer records the config as hyperparameters (TensorBoard's HPARAMS tab). kdt's
+writers follow clu's ``MetricWriter`` method names (``write_scalars``, ``flush``, ``close``)
+without importing clu, which imports TensorFlow.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
-import socket
-import struct
+import tempfile
 import time
 from typing import Any, Mapping
 
@@ -25,92 +25,20 @@ from absl import logging as absl_logging
 from kdt import fileio
 
 # ---------------------------------------------------------------------------------------------
-# TFRecord framing and the Event proto, by hand.
+# TensorBoard (tensorboardX).
+
+_WRITER_NUMBER = itertools.count()
 
 
-def _crc32c_table() -> list[int]:
-  table = []
-  for byte in range(256):
-    crc = byte
-    for _ in range(8):
-      crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
-    table.append(crc)
-  return table
+class _FileioRecordFile:
+  """What tensorboardX's record writer needs of a file (write, flush, close), through
+  :mod:`kdt.fileio`, so ``gs://`` workdirs need no extra Cloud Storage client."""
 
+  def __init__(self, path: str):
+    self._file = fileio.open(path, "wb")
 
-_CRC_TABLE = _crc32c_table()
-
-
-def crc32c(data: bytes) -> int:
-  """CRC-32C (Castagnoli), the checksum TFRecord uses."""
-  crc = 0xFFFFFFFF
-  for byte in data:
-    crc = _CRC_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-  return crc ^ 0xFFFFFFFF
-
-
-def _masked_crc(data: bytes) -> int:
-  crc = crc32c(data)
-  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def tfrecord(data: bytes) -> bytes:
-  """Frames one record: length, masked CRC of the length, data, masked CRC of the data."""
-  length = struct.pack("<Q", len(data))
-  return length + struct.pack("<I", _masked_crc(length)) + data + struct.pack("<I", _masked_crc(data))
-
-
-def _varint(value: int) -> bytes:
-  out = bytearray()
-  while True:
-    bits = value & 0x7F
-    value >>= 7
-    if value:
-      out.append(bits | 0x80)
-    else:
-      out.append(bits)
-      return bytes(out)
-
-
-def _field(number: int, wire_type: int, payload: bytes) -> bytes:
-  return _varint((number << 3) | wire_type) + payload
-
-
-def _length_delimited(number: int, payload: bytes) -> bytes:
-  return _field(number, 2, _varint(len(payload)) + payload)
-
-
-def scalar_event(step: int, scalars: Mapping[str, float], wall_time: float) -> bytes:
-  """Serializes ``Event(wall_time, step, summary=Summary(value=[Value(tag, simple_value)...]))``."""
-  values = b"".join(
-      _length_delimited(1, _length_delimited(1, tag.encode()) + _field(2, 5, struct.pack("<f", float(v))))
-      for tag, v in scalars.items())
-  return (_field(1, 1, struct.pack("<d", wall_time)) + _field(2, 0, _varint(int(step))) +
-          _length_delimited(5, values))
-
-
-def version_event(wall_time: float) -> bytes:
-  return _field(1, 1, struct.pack("<d", wall_time)) + _length_delimited(3, b"brain.Event:2")
-
-
-class EventFileWriter:
-  """Writes scalar TensorBoard event files without TensorFlow (clu ``MetricWriter`` method names).
-
-  Args:
-    logdir: directory for the ``events.out.tfevents.*`` file (created if missing).
-    filename: a fixed file name, rewritten from scratch (for summaries rebuilt on every run);
-      default: a new timestamped file, appended to.
-  """
-
-  def __init__(self, logdir: str, filename: str | None = None):
-    fileio.makedirs(logdir)
-    name = filename or f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
-    self.path = os.path.join(logdir, name)
-    self._file = fileio.open(self.path, "wb" if filename else "ab")
-    self._file.write(tfrecord(version_event(time.time())))
-
-  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
-    self._file.write(tfrecord(scalar_event(step, scalars, time.time())))
+  def write(self, data: bytes) -> None:
+    self._file.write(data)
 
   def flush(self) -> None:
     self._file.flush()
@@ -118,6 +46,79 @@ class EventFileWriter:
   def close(self) -> None:
     if not self._file.closed:
       self._file.close()
+
+
+class _FileioFactory:
+  def open(self, path: str) -> _FileioRecordFile:
+    return _FileioRecordFile(path)
+
+  def directory_check(self, path: str) -> None:
+    fileio.makedirs(path)
+
+
+def _hparam_value(value: Any) -> Any:
+  """TensorBoard hyperparameters are bool, int, float or str: tuples become their repr."""
+  if isinstance(value, (bool, int, float, str)):
+    return value
+  return repr(tuple(value) if isinstance(value, list) else value)
+
+
+def flatten_config(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """``{"imp.recipes": "('lth', 'rewind')", ...}``: a config dict as TensorBoard hyperparameters."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      out.update(flatten_config(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = _hparam_value(value)
+  return out
+
+
+HPARAM_METRICS = ("eval/test_accuracy", "eval/val_accuracy", "train/loss")
+"""Scalars the HPARAMS tab shows next to each run's config."""
+
+
+class TensorBoardWriter:
+  """Scalars into a TensorBoard event file (tensorboardX; clu ``MetricWriter`` method names).
+
+  Args:
+    logdir: the run's TensorBoard directory (local or ``gs://``; created if missing).
+    purge_step: the first step this writer may write. TensorBoard discards the points that
+      earlier files in ``logdir`` hold at this step or later (a killed attempt's points after
+      its last checkpoint), so a resumed run shows each step once.
+    hparams: a config dict, recorded as the run's hyperparameters.
+  """
+
+  def __init__(self, logdir: str, *, purge_step: int | None = None,
+               hparams: Mapping[str, Any] | None = None):
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    from tensorboardX import record_writer  # pylint: disable=import-outside-toplevel
+    record_writer.register_writer_factory("gs", _FileioFactory())
+    fileio.makedirs(logdir)
+    self.logdir = logdir
+    self._writer = SummaryWriter(
+        logdir, purge_step=purge_step, flush_secs=30,
+        filename_suffix=f".{os.getpid()}.{next(_WRITER_NUMBER)}")  # never one second's name twice
+    if hparams:
+      self.write_hparams(hparams)
+
+  def write_hparams(self, config: Mapping[str, Any]) -> None:
+    """Records ``config`` (nested dict) as this run's hyperparameters."""
+    from tensorboardX.summary import hparams  # pylint: disable=import-outside-toplevel
+    experiment, start, end = hparams(flatten_config(config), {m: 0.0 for m in HPARAM_METRICS})
+    file_writer = self._writer._get_file_writer()  # pylint: disable=protected-access
+    for summary in (experiment, start, end):
+      file_writer.add_summary(summary)
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    for tag, value in scalars.items():
+      self._writer.add_scalar(tag, float(value), global_step=int(step), walltime=time.time())
+
+  def flush(self) -> None:
+    self._writer.flush()
+
+  def close(self) -> None:
+    self._writer.close()
 
 
 class LoggingWriter:
@@ -156,21 +157,28 @@ class MultiWriter:
       w.close()
 
 
-def create_writer(logdir: str | None, *, just_logging: bool = False) -> MultiWriter:
+def create_writer(logdir: str | None, *, just_logging: bool = False, purge_step: int | None = None,
+                  hparams: Mapping[str, Any] | None = None) -> MultiWriter:
   """A TensorBoard event writer (on process 0, when ``logdir`` is set).
 
   The progress line of the training loop already logs every metric, so the writer adds a
   :class:`LoggingWriter` only where no event file is written (other processes).
+
+  Args:
+    logdir: the run's TensorBoard directory.
+    just_logging: log only (processes other than 0).
+    purge_step: see :class:`TensorBoardWriter` (the training loop passes resume step + 1).
+    hparams: the config (as a dict), recorded as hyperparameters.
   """
   if logdir and not just_logging:
-    return MultiWriter([EventFileWriter(logdir)])
+    return MultiWriter([TensorBoardWriter(logdir, purge_step=purge_step, hparams=hparams)])
   return MultiWriter([LoggingWriter()])
 
 
 def setup_logging() -> None:
   """kdt's own messages (progress, evaluations) go to stdout; library chatter (Orbax) is silenced.
 
-  Idempotent, so a notebook can call :func:`kdt.experiment.run` repeatedly.
+  Idempotent, so a notebook can call :func:`kdt.experiments.run` repeatedly.
   """
   logger = logging.getLogger("kdt")
   logger.setLevel(logging.INFO)
@@ -224,12 +232,20 @@ def format_table(rows: list[dict], title: str = "") -> str:
 
 def write_imp_tensorboard(workdir: str, rows: list[dict]) -> None:
   """Summary scalars ``<recipe>/test_accuracy`` and ``<recipe>/density`` against the round."""
-  writer = EventFileWriter(os.path.join(workdir, "tensorboard", "imp_summary"),
-                           filename="events.out.tfevents.imp_summary")
-  for row in rows:
-    writer.write_scalars(row["round"], {f"{row['recipe']}/test_accuracy": row["test_accuracy"],
-                                        f"{row['recipe']}/percent_weights_left": 100 * row["density"]})
-  writer.close()
+  # Rebuilt from all rows after every round: written locally, then one file replaces the last.
+  with tempfile.TemporaryDirectory() as tmp:
+    writer = TensorBoardWriter(tmp)
+    for row in rows:
+      writer.write_scalars(row["round"], {
+          f"{row['recipe']}/test_accuracy": row["test_accuracy"],
+          f"{row['recipe']}/percent_weights_left": 100 * row["density"]})
+    writer.close()
+    (name,) = [n for n in os.listdir(tmp) if "tfevents" in n]
+    with open(os.path.join(tmp, name), "rb") as f:
+      data = f.read()
+  summary_dir = os.path.join(workdir, "tensorboard", "imp_summary")
+  fileio.makedirs(summary_dir)
+  fileio.write_atomic(os.path.join(summary_dir, "events.out.tfevents.imp_summary"), data)
 
 
 def _pyplot():
@@ -261,22 +277,62 @@ def distinct_ticks(percents, rel: float = 0.02) -> list[float]:
   return ticks
 
 
+CONTROLS = ("random_reinit", "random_prune", "static", "random")
+"""Control recipes / networks: drawn dashed with triangle markers in every plot."""
+
+_COLORS = {"dense": "black", "lth": "tab:blue", "rewind": "tab:orange", "lr_rewind": "tab:brown",
+           "finetune": "tab:olive", "kd": "tab:green", "kd_rewind": "tab:purple",
+           "kd_lr_rewind": "tab:pink", "tost": "tab:cyan", "random_reinit": "tab:red",
+           "random_prune": "tab:gray", "rigl": "darkgreen", "set": "darkorange", "static": "dimgray",
+           "imp": "tab:blue", "random": "tab:gray"}
+_SPARE_COLORS = ("navy", "maroon", "teal", "goldenrod", "indigo", "sienna")
+
+
+def recipe_style(name: str) -> dict[str, Any]:
+  """Matplotlib style for a recipe (or DST method, or LMC network), the same in every kdt plot.
+
+  Each recipe keeps one colour everywhere; controls (:data:`CONTROLS`) are dashed with triangle
+  markers, the dense network is a dotted black line.
+  """
+  color = _COLORS.get(name) or _SPARE_COLORS[sum(map(ord, name)) % len(_SPARE_COLORS)]
+  if name == "dense":
+    return {"color": color, "linestyle": ":", "marker": "s"}
+  control = name in CONTROLS
+  return {"color": color, "linestyle": "--" if control else "-", "marker": "^" if control else "o"}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+  import statistics
+  return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
 def plot_accuracy_vs_weights(rows: list[dict], path: str, title: str = "") -> None:
-  """Test accuracy against percent of weights remaining (log x, decreasing), one line per recipe."""
+  """Test accuracy against percent of weights remaining (log x, decreasing), one line per recipe.
+
+  Rows with a ``replicate`` field are averaged per (recipe, round): the line is the mean, the error
+  bars ±1 standard deviation over the replicates, and the caption under the plot says so.
+  """
   plt = _pyplot()
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  dense = [r for r in rows if r["recipe"] == "dense"]
-  recipes = list(dict.fromkeys(r["recipe"] for r in rows if r["recipe"] != "dense"))
+  fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
+  groups: dict[tuple[str, int], list[dict]] = {}
+  for r in rows:
+    groups.setdefault((r["recipe"], int(r.get("round", 0))), []).append(r)
+  stats = {key: (100 * _mean_std([g["density"] for g in group])[0],
+                 *[100 * v for v in _mean_std([g["test_accuracy"] for g in group])], len(group))
+           for key, group in groups.items()}
+  replicates = max((n for *_, n in stats.values()), default=1)
+  dense = [v for (recipe, _), v in stats.items() if recipe == "dense"]
+  recipes = list(dict.fromkeys(recipe for recipe, _ in stats if recipe != "dense"))
   for recipe in recipes:
-    points = sorted(((100 * r["density"], 100 * r["test_accuracy"]) for r in rows
-                     if r["recipe"] == recipe), reverse=True)
+    points = sorted((v for (name, _), v in stats.items() if name == recipe), reverse=True)
     if dense:
-      points = [(100.0, 100 * dense[0]["test_accuracy"])] + points
-    xs, ys = zip(*points)
-    ax.plot(xs, ys, marker="o", markersize=4, label=recipe,
-            linestyle="--" if recipe.startswith("random") else "-")
+      points = [(100.0, *dense[0][1:])] + points
+    xs, ys, es, _ = zip(*points)
+    ax.errorbar(xs, ys, yerr=es if replicates > 1 else None, markersize=4, capsize=3,
+                label=recipe, **recipe_style(recipe))
   if dense:
-    ax.axhline(100 * dense[0]["test_accuracy"], color="black", linewidth=1, linestyle=":",
+    style = recipe_style("dense")
+    ax.axhline(dense[0][1], color=style["color"], linewidth=1, linestyle=style["linestyle"],
                label="dense")
   ax.set_xscale("log")
   ax.invert_xaxis()
@@ -289,6 +345,10 @@ def plot_accuracy_vs_weights(rows: list[dict], path: str, title: str = "") -> No
   ax.set_title(title or "accuracy vs. weights remaining")
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=8)
+  caption = (f"Lines: mean over {replicates} replicates; error bars: ±1 standard deviation."
+             if replicates > 1 else "One run per point (no replicates, so no error bars).")
+  fig.text(0.01, -0.01, caption + " Dashed lines with triangles: control recipes.",
+           fontsize=7, ha="left", va="top")
   _save(fig, path)
   plt.close(fig)
 
@@ -302,28 +362,41 @@ def _layer_sort_key(path: str):
 
 def plot_layer_density(layer_densities: dict[str, dict[int, dict[str, float]]], path: str,
                        title: str = "") -> None:
-  """Density of every prunable layer after each round, one panel per mask lineage."""
+  """Density of every prunable layer after each round, one panel per mask lineage.
+
+  Rounds are coloured along one colour map (early light, late dark), so any number of rounds stays
+  distinguishable; the legend sits outside the panels and never hides a line.
+  """
   plt = _pyplot()
   names = list(layer_densities)
-  fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 4), squeeze=False, sharey=True)
+  fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names) + 1.2, 4.4), squeeze=False,
+                           sharey=True, layout="constrained")
+  rounds = sorted({r for by_round in layer_densities.values() for r in by_round})
+  cmap = plt.get_cmap("viridis")
+  colour = {r: cmap(0.9 * i / max(len(rounds) - 1, 1)) for i, r in enumerate(reversed(rounds))}
+  handles = {}
   for ax, name in zip(axes[0], names):
     by_round = layer_densities[name]
     layers = sorted(next(iter(by_round.values())), key=_layer_sort_key)
     short = [l.replace("/kernel", "") for l in layers]
     for round_index in sorted(by_round):
-      ax.plot(range(len(layers)), [100 * by_round[round_index][l] for l in layers], marker="o",
-              markersize=3, label=f"round {round_index}")
+      (line,) = ax.plot(range(len(layers)), [100 * by_round[round_index][l] for l in layers],
+                        marker="o", markersize=3, color=colour[round_index],
+                        label=f"round {round_index}")
+      handles.setdefault(round_index, line)
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(matplotlib_ticker().FormatStrFormatter("%g"))
     ax.yaxis.set_minor_formatter(matplotlib_ticker().FormatStrFormatter("%g"))
     ax.tick_params(axis="y", which="minor", labelsize=6)
     ax.set_xticks(range(len(layers)))
     ax.set_xticklabels(short, rotation=60, ha="right", fontsize=7)
-    ax.set_title(name)
+    ax.set_title(f"masks of {name}", fontsize=9)
     ax.grid(True, alpha=0.3)
   axes[0][0].set_ylabel("percent of layer's weights remaining")
-  axes[0][-1].legend(fontsize=7)
-  fig.suptitle(title or "per-layer density")
+  ordered = [handles[r] for r in sorted(handles)]
+  fig.legend(ordered, [h.get_label() for h in ordered], loc="outside right upper", fontsize=7,
+             title="after round", title_fontsize=7)
+  fig.suptitle(title or "per-layer density", fontsize=11)
   _save(fig, path)
   plt.close(fig)
 

@@ -51,7 +51,7 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, *,
   if fileio.exists(path):
     with fileio.open(path, encoding="utf-8") as f:
       stored = json.load(f)
-    differences = config_lib.diff(stored, resolved)
+    differences = config_lib.diff(stored, resolved, ignore=config_lib.LOCATION_FIELDS)
     if not differences:
       return
     if not allow_config_change:

@@ -454,7 +454,7 @@ def _load_mask(driver, round_index, recipe):
 
 
 def test_seed_summary_gives_mean_spread_and_paired_gaps(tmp_path):
-  from kdt.tickets import compare
+  from kdt import compare
   runs = []
   for seed, (dense, lth, tost) in enumerate([(0.9, 0.8, 0.85), (0.8, 0.7, 0.8), (1.0, 0.9, 0.9)]):
     rows = [{"round": 0, "recipe": "dense", "density": 1.0, "test_accuracy": dense},
@@ -462,6 +462,8 @@ def test_seed_summary_gives_mean_spread_and_paired_gaps(tmp_path):
             {"round": 1, "recipe": "tost", "density": 0.5, "test_accuracy": tost}]
     os.makedirs(tmp_path / str(seed))
     json.dump(rows, open(tmp_path / str(seed) / "results.json", "w"))
+    json.dump({"seeds": {"init": seed}, "model": {"name": "lenet_300_100"}},
+              open(tmp_path / str(seed) / "config.json", "w"))
     runs.append(str(tmp_path / str(seed)))
   summary = compare.main(["--workdirs", *runs, "--out", str(tmp_path / "out"), "--baseline", "lth"])
   by = {(s["recipe"], s["round"]): s for s in summary}

@@ -9,9 +9,8 @@ Pure, jit-able metrics (pytrees in, scalars out):
 * :mod:`~kdt.analysis.correlation`: init <-> trained weight correlation (Pearson, top-p magnitude
   overlap) over surviving weights, pairwise mask overlap.
 
-The experiments ``lmc`` and ``correlation`` that train the networks and write results and plots
-live in :mod:`kdt.analysis.experiments` and :mod:`kdt.analysis.plots` (imported on demand: they
-pull in the training loop and matplotlib).
+The experiments ``lmc`` and ``correlation`` that train the networks and write results live in
+:mod:`kdt.experiments.lmc` and :mod:`kdt.experiments.correlation`, their pictures in :mod:`kdt.plots`.
 """
 
 from kdt.analysis.correlation import pairwise_mask_overlap

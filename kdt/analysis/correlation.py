@@ -1,13 +1,13 @@
 """Init <-> trained weight correlation and mask overlap.
 
 Liu, Yuan et al., "Lottery Ticket Preserves Weight Correlation: Is It Desirable or Not?" (ICML
-2021; METHODS.md §5) explain the winning property by the correlation between the initial weights
+2021; docs/methods.md §5) explain the winning property by the correlation between the initial weights
 :math:`\\theta_0` and the trained weights :math:`\\theta_T`, which is high when the learning rate
 is small and fades as it grows. Two diagnostics, per layer and over the **surviving** weights only
 (the entries where the mask is True):
 
 * Pearson correlation of the weights, signed (:math:`\\rho(\\theta_0, \\theta_T)`) and of their
-  magnitudes (:math:`\\rho(|\\theta_0|, |\\theta_T|)`, METHODS.md §5.2);
+  magnitudes (:math:`\\rho(|\\theta_0|, |\\theta_T|)`, docs/methods.md §5.2);
 * the overlap of the top-``p`` magnitude sets,
   :math:`|\\mathrm{top}_p(|\\theta_0|) \\cap \\mathrm{top}_p(|\\theta_T|)| / |\\mathrm{top}_p|`,
   whose chance level is ``p``. A high overlap means the magnitude mask could have been read off

@@ -1,7 +1,7 @@
 """Linear mode connectivity: the error along the straight line between two trained networks.
 
 For two parameter sets :math:`\\theta_A, \\theta_B` (Frankle, Dziugaite, Roy & Carbin, "Linear Mode
-Connectivity and the Lottery Ticket Hypothesis", ICML 2020; METHODS.md §3.3)
+Connectivity and the Lottery Ticket Hypothesis", ICML 2020; docs/methods.md §3.3)
 
 .. math::
 

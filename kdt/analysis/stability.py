@@ -1,6 +1,6 @@
 """Stability of (sub)network training to SGD noise and to pruning: distances, angles, verdicts.
 
-From "Stabilizing the Lottery Ticket Hypothesis" (Frankle, Dziugaite, Roy & Carbin; METHODS.md
+From "Stabilizing the Lottery Ticket Hypothesis" (Frankle, Dziugaite, Roy & Carbin; docs/methods.md
 §3.2). With :math:`\\mathcal{A}^t(W, u)` training ``t`` steps from ``W`` under data order ``u``
 and a mask ``m``, distances are taken between the **masked trained parameters**:
 

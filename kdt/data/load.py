@@ -35,7 +35,7 @@ def load_dataset(
         data_dir: folder with the raw archives (config.data.dir); empty for TFDS.
         tfds_data_dir: TFDS data root (config.data.tfds_dir); empty for TFDS's default.
         val_size: the first ``val_size`` official training examples become the "val" split and are
-            removed from "train" (METHODS §1.6: 5000 for the CIFAR-10 KD-ticket recipe). With TFDS,
+            removed from "train" (docs/methods.md §1.6: 5000 for the CIFAR-10 KD-ticket recipe). With TFDS,
             CIFAR keeps the original archive order (records are sorted by their id); MNIST-like TFDS
             data has no ids and keeps TFDS's own fixed order, so its first images differ from the IDX
             files' first images.

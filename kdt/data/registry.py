@@ -46,7 +46,7 @@ class DatasetInfo:
     streaming: bool
 
 
-_CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # KD-ticket (kuangliu) normalisation, METHODS §1.6.
+_CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # KD-ticket (kuangliu) normalisation, docs/methods.md §1.6.
 _CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision / open_lth ImageNet statistics.
 _IMAGENET_STD = (0.229, 0.224, 0.225)

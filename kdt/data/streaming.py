@@ -13,7 +13,7 @@ Host-side image transforms (PIL, bilinear):
   side to ``EVAL_RESIZE[name]`` (ImageNet 256, Tiny ImageNet 64) and take the centre crop of
   ``input_shape`` (224 / 64). Images already of the target size are left untouched.
 * training with ``"inception_crop_flip"``: torchvision's ``RandomResizedCrop(size, scale=(0.1, 1),
-  ratio=(0.8, 1.25))`` as in open_lth / KD-ticket (METHODS §1.6), then a horizontal flip with
+  ratio=(0.8, 1.25))`` as in open_lth / KD-ticket (docs/methods.md §1.6), then a horizontal flip with
   probability 1/2. The randomness of global batch row ``r`` of step ``s`` comes from
   ``np.random.default_rng([augment_seed, s, r])``, so it does not depend on the process layout or on
   thread timing, and a resumed run sees the same crops.

@@ -1,6 +1,6 @@
 """Experiment ``lmc``: linear mode connectivity against the rewind step (I/O over :mod:`kdt.analysis`).
 
-(Frankle et al., "Linear Mode Connectivity and the LTH"; "Stabilizing the LTH"; METHODS.md
+(Frankle et al., "Linear Mode Connectivity and the LTH"; "Stabilizing the LTH"; docs/methods.md
 §3). For every rewind step ``k`` in ``config.lmc.rewind_steps`` and every network kind
 
 * ``dense``: the full network;

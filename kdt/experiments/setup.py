@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from kdt import checkpoint as checkpoint_lib
+from kdt import config_lib
 from kdt import data as data_lib
 from kdt import fileio
 from kdt import models as models_lib
@@ -241,6 +242,7 @@ def _make_trainer(config: ml_collections.ConfigDict, workdir: str, dataset, mesh
   just_logging = jax.process_index() > 0
   return loop.Trainer(
       model, dataset, mesh, loop.LoopSettings.from_config(config), augment=config.data.augment,
-      writer_factory=lambda name: report.create_writer(os.path.join(tb_root, name),
-                                                       just_logging=just_logging),
+      writer_factory=lambda name, purge_step=None: report.create_writer(
+          os.path.join(tb_root, name), just_logging=just_logging, purge_step=purge_step,
+          hparams=dict(config_lib.to_dict(config), run=name)),
       ghost_batch_norm=bool(config.parallel.ghost_batch_norm), teacher_model=teacher_model)

@@ -1,6 +1,6 @@
 """Tickets in another basis: prune the coefficients of a weight in an orthonormal basis.
 
-The "generalized lottery ticket hypothesis" (Alabdulmohsin et al., arXiv 2107.06825; METHODS.md
+The "generalized lottery ticket hypothesis" (Alabdulmohsin et al., arXiv 2107.06825; docs/methods.md
 §6) takes sparsity in an arbitrary basis of parameter space. Here each prunable kernel is written
 as :math:`w = B\\,c` along its **input** dimension — for a Dense kernel ``[in, out]`` and a conv
 kernel ``[h, w, in, out]``,

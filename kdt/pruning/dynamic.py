@@ -1,7 +1,7 @@
 """Dynamic sparse training: RigL and SET mask updates, the drop-fraction schedule, sparse init.
 
 Sparse training from scratch keeps the number of active weights of every layer fixed and, every
-:math:`\\Delta T` steps, moves some of them (METHODS.md §6; Evci et al., "Rigging the Lottery",
+:math:`\\Delta T` steps, moves some of them (docs/methods.md §6; Evci et al., "Rigging the Lottery",
 ICML 2020, ``google-research/rigl`` ``sparse_optimizers.py``; Mocanu et al. 2018 for SET). In each
 prunable layer with :math:`n` active weights, at step :math:`t`:
 

@@ -121,7 +121,7 @@ def kd_ticket_sparsities() -> tuple[float, ...]:
   """KD-ticket CIFAR sparsity list :math:`1 - 0.8^k`, :math:`k = 1..16`.
 
   20, 36, 48.8, 59.04, 67.23, 73.79, 79.03, 83.22, 86.58, 89.26, 91.41,
-  93.13, 94.50, 95.60, 96.48, 97.19 % (METHODS.md §1.4). The released scripts'
+  93.13, 94.50, 95.60, 96.48, 97.19 % (docs/methods.md §1.4). The released scripts'
   "95 %" directory really uses 94.502 % (:math:`k = 13`), which this list
   already contains.
 

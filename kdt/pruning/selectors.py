@@ -18,7 +18,7 @@ the model-zoo naming contract:
 * "ghost" branches (ToST ghost skips) have ``ghost`` in their module name and are
   never prunable.
 
-Presets (see ``METHODS.md`` §1.4, §3.4 and §9):
+Presets (see ``docs/methods.md`` §1.4, §3.4 and §9):
 
 ========================  =====================================================
 preset                    prunable kernels

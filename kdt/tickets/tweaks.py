@@ -1,7 +1,7 @@
 """ToST's sparse re-training tweaks: smooth activations, ghost skips, label smoothing, LRsI.
 
 "Training Your Sparse Neural Network Better with Any Mask" (Jaiswal et al., ICML 2022; first
-circulated as "Spending Your Winning Lottery Better After Drawing It", METHODS.md §2) re-trains a
+circulated as "Spending Your Winning Lottery Better After Drawing It", docs/methods.md §2) re-trains a
 pruned network with a recipe of its own instead of the dense network's:
 
 * **smooth activation** — every ReLU becomes swish, pswish (x·σ(2x)), mish, gelu, elu, softplus

@@ -4,7 +4,7 @@ GradInit (Zhu et al., "GradInit: Learning to Initialize Neural Networks for Stab
 Training", NeurIPS 2021) multiplies every parameter tensor :math:`\\theta_\\ell^0` by a learned
 scalar :math:`\\alpha_\\ell` (initially 1) chosen so that one optimizer step from
 :math:`\\theta = \\alpha \\odot \\theta^0` reduces the loss as much as possible. ToST's "layer-wise
-re-scaled initialisation" (LRsI, ``LRsI/gradinit_utils.py``, METHODS.md §2.2) runs it on the
+re-scaled initialisation" (LRsI, ``LRsI/gradinit_utils.py``, docs/methods.md §2.2) runs it on the
 ticket before sparse re-training. One iteration, as the reference code:
 
 1. draw three training batches :math:`S_0, S_1, S_2`; compute the gradient

@@ -133,7 +133,7 @@ class Trainer:
     mesh: the device mesh (:func:`kdt.parallel.make_mesh`).
     settings: logging / eval / checkpoint cadence and batch sizes.
     augment: augmentation name (``"default"`` = the dataset's own default).
-    writer_factory: ``name -> clu MetricWriter`` (None = log only).
+    writer_factory: ``(name, purge_step=first step written) -> clu MetricWriter`` (None = log only).
     ghost_batch_norm: BatchNorm statistics per device instead of over the global batch
       (:class:`kdt.parallel.GhostBatchNorm`).
     teacher_model: the KD teacher's module when it differs from ``model`` (sparse re-training
@@ -284,7 +284,8 @@ class Trainer:
     teacher = run.teacher
     step_fn = self.train_step_for(run)
     augment_key = jax.random.key(run.augment_seed)
-    writer = self.writer_factory(run.name) if self.writer_factory else None
+    writer = (self.writer_factory(run.name, purge_step=int(state.step) + 1)  # resume: no duplicates
+              if self.writer_factory else None)
     step = int(state.step)
     pending: list[tuple[int, dict]] = []
     wall_start, meta_wall = time.time(), meta["wall_time"]

@@ -4,13 +4,17 @@ Small tasks such as the digits quickstarts are noisy: one seed's difference betw
 is often below the seed-to-seed spread. Run the same config with several seeds, one workdir
 each, then::
 
-  python -m kdt.tickets.compare --workdirs /tmp/q_s0 /tmp/q_s1 /tmp/q_s2 --out /tmp/q_summary \\
+  python -m kdt.compare --workdirs /tmp/q_s0 /tmp/q_s1 /tmp/q_s2 --out /tmp/q_summary \\
       --baseline lth
 
 writes ``summary.json`` (per recipe and round: mean density, mean / std / min / max of the test
 accuracy over seeds and, with ``--baseline``, the mean and std of the per-seed gap to the baseline
 recipe at the same round) and ``accuracy_vs_weights.png`` (mean ± std against weights
 remaining), and prints the table.
+
+The workdirs must be seeds of one experiment: their configs may differ only in ``seeds.*`` (and
+in where the data lives), and no two may share all their seeds — the same run twice would report
+a spread of ±0.00. Anything else is refused with the field named.
 """
 
 from __future__ import annotations
@@ -19,10 +23,56 @@ import argparse
 import json
 import os
 import statistics
+import sys
 from typing import Sequence
 
+from kdt import config_lib
 from kdt import fileio
 from kdt import report
+
+
+class NotSeedsError(ValueError):
+  """The workdirs are not distinct seeds of one config."""
+
+
+def _seeds(config: dict) -> dict:
+  return {f"seeds.{k}": v for k, v in sorted(config.get("seeds", {}).items())}
+
+
+def check_seeds(workdirs: Sequence[str]) -> None:
+  """Refuses workdirs that are not distinct seeds of one config.
+
+  Raises:
+    NotSeedsError: a workdir without ``config.json``; a config that differs from the first one in
+      a field other than ``seeds.*`` (named, with both values); two workdirs with the same seeds.
+  """
+  configs = []
+  for workdir in workdirs:
+    path = os.path.join(workdir, "config.json")
+    if not fileio.exists(path):
+      raise NotSeedsError(f"{workdir} has no config.json, so its seeds cannot be checked")
+    with fileio.open(path, encoding="utf-8") as f:
+      configs.append(json.load(f))
+  first = configs[0]
+  ignore = tuple(_seeds(first)) + config_lib.LOCATION_FIELDS
+  for workdir, config in zip(workdirs[1:], configs[1:]):
+    differences = config_lib.diff(first, config, ignore=ignore + tuple(_seeds(config)))
+    if differences:
+      raise NotSeedsError(
+          f"{workdir} differs from {workdirs[0]} in more than its seeds: {'; '.join(differences)} "
+          "(compare summarises seeds of one config; use python -m kdt.summary A B to compare "
+          "two configs)")
+  seen: dict[tuple, str] = {}
+  for workdir, config in zip(workdirs, configs):
+    seeds = _seeds(config)
+    key = tuple(seeds.items())
+    if key in seen:
+      shown = ", ".join(f"{k}={v}" for k, v in seeds.items())
+      raise NotSeedsError(
+          f"{seen[key]} and {workdir} have the same seeds ({shown}): the same run twice has no "
+          "spread; give each workdir its own seed, e.g. --config.seeds.init=N "
+          "--config.seeds.data_order=N")
+    seen[key] = workdir
 
 
 def load_runs(workdirs: Sequence[str]) -> list[list[dict]]:
@@ -113,8 +163,8 @@ def plot_summary(summary: list[dict], path: str, title: str = "") -> None:
     if dense:
       points = [(100.0, 100 * dense[0]["mean"], 100 * dense[0]["std"])] + points
     xs, ys, es = zip(*points)
-    ax.errorbar(xs, ys, yerr=es, marker="o", markersize=4, capsize=3, label=recipe,
-                linestyle="--" if recipe in ("random_reinit", "random_prune", "static") else "-")
+    ax.errorbar(xs, ys, yerr=es, markersize=4, capsize=3, label=recipe,
+                **report.recipe_style(recipe))
   if dense:
     ax.axhline(100 * dense[0]["mean"], color="black", linewidth=1, linestyle=":", label="dense")
   ax.set_xscale("log")
@@ -129,6 +179,8 @@ def plot_summary(summary: list[dict], path: str, title: str = "") -> None:
   ax.set_title(title or f"accuracy vs. weights remaining ({n} seeds)")
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=8)
+  fig.text(0.01, -0.01, f"Lines: mean over {n} seeds; error bars: ±1 standard deviation over the "
+           "seeds. Dashed lines with triangles: control recipes.", fontsize=7, ha="left", va="top")
   tmp = f"{path}.tmp.{os.getpid()}.png"
   fig.savefig(tmp, dpi=130, bbox_inches="tight")
   os.replace(tmp, path)
@@ -143,6 +195,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
   parser.add_argument("--metric", default="test_accuracy")
   parser.add_argument("--title", default="")
   args = parser.parse_args(argv)
+  try:
+    check_seeds(args.workdirs)
+  except NotSeedsError as e:
+    print(f"kdt: error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+    sys.exit(2)
   summary = summarize(load_runs(args.workdirs), metric=args.metric, baseline=args.baseline)
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, "summary.json"), "w", encoding="utf-8") as f:

@@ -1,0 +1,119 @@
+"""``python -m kdt.summary``: tables from results.json alone, fast, without JAX."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kdt import config_lib
+from kdt import summary
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _workdir(path, accuracies, *, seed=0, lr=0.05):
+  """A fake IMP workdir: ``accuracies[replicate][(round, recipe)]``."""
+  os.makedirs(path, exist_ok=True)
+  rows = []
+  for replicate, by_key in enumerate(accuracies):
+    for (round_index, recipe), acc in by_key.items():
+      rows.append({"round": round_index, "recipe": recipe, "density": 0.8 ** round_index,
+                   "test_accuracy": acc, "replicate": replicate})
+  with open(os.path.join(path, "results.json"), "w") as f:
+    json.dump(rows, f)
+  config = config_lib.base_config("imp")
+  config.seeds.init = seed
+  config.optimizer.learning_rate = lr
+  with open(os.path.join(path, "config.json"), "w") as f:
+    json.dump(config_lib.to_dict(config), f)
+  return str(path)
+
+
+A = [{(0, "dense"): 0.98, (1, "lth"): 0.97, (1, "rewind"): 0.96},
+     {(0, "dense"): 0.96, (1, "lth"): 0.95, (1, "rewind"): 0.94}]
+B = [{(0, "dense"): 0.98, (1, "lth"): 0.98, (1, "rewind"): 0.97},
+     {(0, "dense"): 0.96, (1, "lth"): 0.97, (1, "rewind"): 0.95}]
+
+
+def test_table_has_mean_std_and_n_over_replicates(tmp_path):
+  text = summary.summarize([_workdir(tmp_path / "a", A)])
+  line = next(l for l in text.splitlines() if l.strip().startswith("1 "))
+  assert "80.00%" in line
+  assert "96.00 ± 1.41 (N=2)" in line           # lth: 0.97, 0.95
+  assert "95.00 ± 1.41 (N=2)" in line           # rewind
+  header = next(l for l in text.splitlines() if l.strip().startswith("round"))
+  assert header.split()[-3:] == ["dense", "lth", "rewind"]
+
+
+def test_two_workdirs_give_config_diff_and_paired_differences(tmp_path):
+  a = _workdir(tmp_path / "a", A)
+  b = _workdir(tmp_path / "b", B, lr=0.1)
+  text = summary.summarize([a, b])
+  assert "optimizer.learning_rate: 0.05 -> 0.1" in text
+  paired = text.split("paired differences")[1]
+  line = next(l for l in paired.splitlines() if l.strip().startswith("1 "))
+  assert "+1.50 ± 0.71 (N=2)" in line           # lth: +1, +2 points
+  assert "+1.00 ± 0.00 (N=2)" in line           # rewind: +1, +1
+
+
+def test_train_experiment_summary_is_one_dense_row(tmp_path):
+  os.makedirs(tmp_path / "t")
+  with open(tmp_path / "t" / "results.json", "w") as f:
+    json.dump({"experiment": "train", "test_accuracy": 0.9, "steps": 10}, f)
+  assert "90.00" in summary.summarize([str(tmp_path / "t")])
+
+
+def test_cli_is_fast_imports_no_jax_and_fails_in_one_line(tmp_path):
+  a = _workdir(tmp_path / "a", A)
+  b = _workdir(tmp_path / "b", B)
+  code = ("import sys; from kdt import summary; summary.main(sys.argv[1:]);"
+          "assert 'jax' not in sys.modules, 'jax imported'")
+  start = time.time()
+  result = subprocess.run([sys.executable, "-c", code, a, b], capture_output=True, text=True,
+                          cwd=REPO, timeout=60)
+  elapsed = time.time() - start
+  assert result.returncode == 0, result.stderr
+  assert "paired differences" in result.stdout and "(identical)" in result.stdout
+  assert elapsed < 2.0, elapsed
+  missing = subprocess.run([sys.executable, "-m", "kdt.summary", str(tmp_path / "nope")],
+                           capture_output=True, text=True, cwd=REPO, timeout=60)
+  assert missing.returncode == 2
+  assert missing.stderr.startswith("kdt: error: ") and len(missing.stderr.splitlines()) == 1
+
+
+def _seed_dirs(tmp_path, seeds, lrs=None):
+  dirs = []
+  for i, seed in enumerate(seeds):
+    dirs.append(_workdir(tmp_path / f"s{i}", A[:1], seed=seed,
+                         lr=(lrs[i] if lrs else 0.05)))
+  return dirs
+
+
+def test_compare_refuses_identical_seeds(tmp_path, capsys):
+  from kdt import compare
+  dirs = _seed_dirs(tmp_path, [0, 0])
+  with pytest.raises(SystemExit) as e:
+    compare.main(["--workdirs", *dirs, "--out", str(tmp_path / "out")])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert err.startswith("kdt: error: ") and len(err.splitlines()) == 1
+  assert "same seeds" in err and "seeds.init=0" in err
+  assert not os.path.exists(tmp_path / "out")
+
+
+def test_compare_refuses_configs_that_differ_beyond_seeds(tmp_path, capsys):
+  from kdt import compare
+  dirs = _seed_dirs(tmp_path, [0, 1], lrs=[0.05, 0.1])
+  with pytest.raises(SystemExit) as e:
+    compare.main(["--workdirs", *dirs, "--out", str(tmp_path / "out")])
+  assert e.value.code == 2
+  assert "optimizer.learning_rate: 0.05 -> 0.1" in capsys.readouterr().err
+
+
+def test_compare_accepts_distinct_seeds_of_one_config(tmp_path):
+  from kdt import compare
+  rows = compare.main(["--workdirs", *_seed_dirs(tmp_path, [0, 1]), "--out", str(tmp_path / "o")])
+  assert {r["n"] for r in rows} == {2}
