@@ -434,10 +434,10 @@ def torch_step(problem: Problem, variant: str, mode: str, threads: int | None = 
   import jax
   torch = _torch()
   from kdt import bench_torch as bt
-  from kdt.train import steps
+  from kdt import pruning
   params = problem.variables["params"]
   if variant != "dense_ce":  # the twin starts from the weights kdt's masked forward pass sees
-    params = jax.tree.map(np.asarray, steps.apply_mask(params, problem.mask))
+    params = jax.tree.map(np.asarray, pruning.apply_mask(params, problem.mask))
   student = bt.create(problem.name, problem.shape, 10)
   bt.copy_from_kdt(student, params, problem.variables.get("batch_stats"))
   teacher = None
@@ -857,20 +857,10 @@ class Probe:
 
 def quickstart_config(overrides=()):
   """``configs/quickstart.py``'s config (found next to the package), with ``overrides`` applied."""
-  import importlib.util
+  from kdt import config_lib
   path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                       "quickstart.py")
-  spec = importlib.util.spec_from_file_location("kdt_bench_quickstart", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  for field, value in overrides:
-    node = config
-    *parents, leaf = field.split(".")
-    for part in parents:
-      node = node[part]
-    node[leaf] = value
-  return config
+  return config_lib.load_file(path, overrides)
 
 
 def section_pipeline(settings: Settings, log: Callable[[str], None]) -> dict:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from typing import Any
 
 import ml_collections
@@ -235,6 +236,33 @@ def kd_ticket_cifar_recipe(config: ml_collections.ConfigDict) -> ml_collections.
   config.loss.kd_temperature = 5.0
   config.loss.kd_alpha = 0.9
   config.loss.kd_reduction = "mean"
+  return config
+
+
+def load_file(path: str, overrides: Any = ()) -> ml_collections.ConfigDict:
+  """``get_config()`` of the config file ``path``, with ``overrides`` applied.
+
+  Args:
+    path: a Python file defining ``get_config()`` (e.g. ``configs/quickstart.py``).
+    overrides: ``{"train.num_steps": 24, ...}`` or ``(("train.num_steps", 24), ...)``: dotted
+      field names (as after ``--config.``) and their values.
+
+  Returns:
+    The config (unlocked, not validated).
+  """
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  name = "kdt_config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  items = overrides.items() if isinstance(overrides, dict) else overrides
+  for field, value in items:
+    node = config
+    *parents, leaf = field.split(".")
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
   return config
 
 

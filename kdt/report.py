@@ -9,7 +9,6 @@ without importing clu, which imports TensorFlow.
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 import os

@@ -1,7 +1,6 @@
 """Tickets in another basis: DCT round trips, the coefficient model, IMP on coefficients."""
 
 import functools
-import importlib.util
 import math
 import os
 
@@ -90,11 +89,7 @@ def test_basis_model_computes_the_same_function():
 
 
 def _config():
-  path = os.path.join(REPO, "configs", "quickstart.py")
-  spec = importlib.util.spec_from_file_location("quickstart", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = config_lib.load_file(os.path.join(REPO, "configs", "quickstart.py"))
   config.train.num_steps = 16
   config.train.batch_size = 32
   config.train.eval_every_steps = 0

@@ -1,7 +1,6 @@
 """Config files load and validate; bad fields fail before compute, naming the field."""
 
 import glob
-import importlib.util
 import os
 
 import ml_collections
@@ -27,10 +26,7 @@ CONFIG_FILES = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
 
 
 def load(path):
-  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_lib.load_file(path)
 
 
 def test_there_are_configs():

@@ -1,6 +1,5 @@
 """Dynamic sparse training: RigL / SET updates, the drop-fraction schedule, sparse init, experiment."""
 
-import importlib.util
 import json
 import math
 import os
@@ -172,11 +171,7 @@ def test_sparsity_aware_init_scales_each_neuron_by_its_fan_in():
 # ----- the experiment ---------------------------------------------------------------------------
 
 def _config():
-  path = os.path.join(REPO, "configs", "quickstart_dst.py")
-  spec = importlib.util.spec_from_file_location("quickstart_dst", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = config_lib.load_file(os.path.join(REPO, "configs", "quickstart_dst.py"))
   config.train.num_steps = 20
   config.train.batch_size = 32
   config.train.eval_every_steps = 0

@@ -1,6 +1,5 @@
 """The IMP driver: recipes start where the paper says, resets are bit-exact, resume is exact."""
 
-import importlib.util
 import json
 import os
 
@@ -8,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from kdt import config_lib
 from kdt import experiments
 from kdt import pruning
 from kdt import workdir as workdir_lib
@@ -21,11 +21,7 @@ ALL_RECIPES = ("lth", "rewind", "lr_rewind", "finetune", "kd", "kd_rewind", "kd_
 
 
 def _config(recipes=ALL_RECIPES, num_rounds=2):
-  path = os.path.join(REPO, "configs", "quickstart.py")
-  spec = importlib.util.spec_from_file_location("quickstart", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = config_lib.load_file(os.path.join(REPO, "configs", "quickstart.py"))
   config.train.num_steps = 24
   config.train.batch_size = 32
   config.train.eval_every_steps = 0

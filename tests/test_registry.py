@@ -1,7 +1,6 @@
 """Pruners by name (kdt.pruning.registry): each score against an independent small computation,
 the allocations, and masks taken at theta_0 by the ``prune_at_init`` experiment."""
 
-import importlib.util
 import json
 import os
 
@@ -106,11 +105,7 @@ def test_every_score_and_allocation_by_name_gives_exact_counts():
 
 
 def _pai_config():
-  path = os.path.join(REPO, "configs", "quickstart_prune_at_init.py")
-  spec = importlib.util.spec_from_file_location("quickstart_prune_at_init", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = config_lib.load_file(os.path.join(REPO, "configs", "quickstart_prune_at_init.py"))
   config.train.num_steps = 12
   config.train.batch_size = 32
   config.train.eval_every_steps = 0

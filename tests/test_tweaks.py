@@ -5,7 +5,6 @@ branches are exercised end to end in a few seconds.
 """
 
 import functools
-import importlib.util
 import json
 import os
 
@@ -318,11 +317,7 @@ def test_adapt_run_applies_gradinit_scales_once(tmp_path):
 # ----- the preset and the IMP driver ----------------------------------------------------------------
 
 def _quickstart():
-  path = os.path.join(REPO, "configs", "quickstart.py")
-  spec = importlib.util.spec_from_file_location("quickstart", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_lib.load_file(os.path.join(REPO, "configs", "quickstart.py"))
 
 
 def _tiny_config(**tost):
@@ -354,10 +349,7 @@ def test_preset_turns_every_tweak_on():
   config_lib.validate(config, device_count=1)
   for path in ("quickstart_tost.py", "cifar10_resnet18_tost.py", "cifar100_resnet18_tost.py",
                "cifar10_vgg16_tost.py"):
-    spec = importlib.util.spec_from_file_location("c", os.path.join(REPO, "configs", path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    cfg = module.get_config()
+    cfg = config_lib.load_file(os.path.join(REPO, "configs", path))
     assert "tost" in cfg.imp.recipes and cfg.tost.activation and cfg.tost.label_smoothing == 0.1
 
 

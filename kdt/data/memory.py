@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from kdt.data import order
+from kdt.data import registry
 from kdt.data.registry import DatasetInfo
 
 
@@ -94,12 +95,7 @@ class Dataset:
 
     def split(self, name: str) -> Split:
         """The split called ``name`` ("train", "val" or "test")."""
-        splits = {"train": self.train, "val": self.val, "test": self.test}
-        if name not in splits:
-            raise ValueError(f"Unknown split {name!r}; allowed: train, val, test.")
-        if splits[name] is None:
-            raise ValueError(f"{self.info.name!r} has no 'val' split: load it with val_size > 0.")
-        return splits[name]
+        return registry.named_split(self, name)
 
     def train_batch(self, step: int, global_batch_size: int, seed: int) -> dict[str, np.ndarray]:
         """This process's rows of the global training batch of ``step``.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 AUGMENTATIONS = ("crop_flip", "flip", "none", "inception_crop_flip")
 
@@ -144,3 +145,17 @@ def check_augment(augment: str) -> None:
     """Raises ValueError unless ``augment`` is one of :data:`AUGMENTATIONS`."""
     if augment not in AUGMENTATIONS:
         raise ValueError(f"Unknown augment {augment!r}; allowed: {', '.join(AUGMENTATIONS)}.")
+
+
+def named_split(dataset: Any, name: str) -> Any:
+    """``dataset.train``, ``.val`` or ``.test`` by name, for every dataset kind.
+
+    Raises:
+        ValueError: an unknown name, or ``"val"`` for a dataset loaded without a validation split.
+    """
+    splits = {"train": dataset.train, "val": dataset.val, "test": dataset.test}
+    if name not in splits:
+        raise ValueError(f"Unknown split {name!r}; allowed: train, val, test.")
+    if splits[name] is None:
+        raise ValueError(f"{dataset.info.name!r} has no 'val' split: load it with val_size > 0.")
+    return splits[name]

@@ -219,12 +219,7 @@ class StreamingDataset:
 
     def split(self, name: str) -> StreamSplit:
         """The split called ``name`` ("train", "val" or "test")."""
-        splits = {"train": self.train, "val": self.val, "test": self.test}
-        if name not in splits:
-            raise ValueError(f"Unknown split {name!r}; allowed: train, val, test.")
-        if splits[name] is None:
-            raise ValueError(f"{self.info.name!r} has no 'val' split: load it with val_size > 0.")
-        return splits[name]
+        return registry.named_split(self, name)
 
     def _map(self, fn, items: Sequence[Any]) -> list[Any]:
         if self.num_workers <= 1 or len(items) <= 1:

@@ -76,7 +76,7 @@ def dense_gradients(params: Any, batch_stats: Any, mask: Any, batch: dict, *, mo
   Differentiates with respect to the masked parameters themselves, so inactive entries get the
   gradient they would have if they were active (RigL's ``masked_grads``); BN in training mode.
   """
-  masked = steps.apply_mask(params, mask)
+  masked = pruning.apply_mask(params, mask)
 
   def loss_fn(p):
     variables = {"params": p, "batch_stats": batch_stats} if batch_stats else {"params": p}
@@ -203,7 +203,7 @@ class DSTDriver:
     if self.dst.init == "sparsity_aware":
       params = dynamic.sparsity_aware_init(state.params, mask, self.prunable)
     else:
-      params = steps.apply_mask(state.params, mask)
+      params = pruning.apply_mask(state.params, mask)
     return state.replace(params=params, opt_state=self._direction.init(params))
 
   def _batch(self, step: int) -> dict:
@@ -287,7 +287,7 @@ class DSTDriver:
                  zip(jax.tree.leaves(saved), jax.tree.leaves(new_mask))):
         raise InvariantError(f"{label}: the recomputed mask update at step {end} differs from "
                              "the saved one.")
-      self._check(f"{label} update", new_mask, counts, steps.apply_mask(state.params, new_mask))
+      self._check(f"{label} update", new_mask, counts, pruning.apply_mask(state.params, new_mask))
       mask = new_mask
       init_state = lambda s=state: s
     return self._row(method, round_index, density, mask, history)

@@ -45,7 +45,6 @@ import jax
 import ml_collections
 import numpy as np
 
-from kdt import checkpoint as checkpoint_lib
 from kdt import faults
 from kdt import fileio
 from kdt import pruning

@@ -63,7 +63,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from kdt import data as data_lib
 from kdt import fileio
 from kdt import parallel
 from kdt import plots

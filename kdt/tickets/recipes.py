@@ -43,6 +43,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from kdt.pruning.masks import apply_mask
 from kdt.train import losses
 from kdt.train.optim import ScheduleSpec
 from kdt.train.state import TrainState
@@ -207,6 +208,6 @@ def reset_state(params: Any, batch_stats: Any, mask: Any, opt_state: Any, step: 
   Returns:
     The :class:`TrainState` to re-train from.
   """
-  masked = jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, mask)
+  masked = apply_mask(params, mask)
   return TrainState(step=jnp.asarray(step, jnp.int32), params=masked, batch_stats=batch_stats,
                     opt_state=opt_state)

@@ -42,6 +42,7 @@ import numpy as np
 
 from kdt import data as data_lib
 from kdt import parallel
+from kdt import pruning
 from kdt.pruning import selectors
 from kdt.train import losses
 from kdt.train import steps
@@ -155,7 +156,7 @@ def rescale_adam(state: ScaleState, grads: Any, active: Any, floors: Any, *, con
 
 def _loss(model, params, batch_stats, mask, images, labels) -> jax.Array:
   """CE of the masked network, BN in training mode without touching the running statistics."""
-  variables = {"params": steps.apply_mask(params, mask)}
+  variables = {"params": pruning.apply_mask(params, mask)}
   if batch_stats:
     variables["batch_stats"] = batch_stats
     logits, _ = steps.apply_model(model, variables, images, train=True, mutable=["batch_stats"])

@@ -30,7 +30,6 @@ from kdt import data as data_lib
 from kdt import faults
 from kdt import parallel
 from kdt.train import losses
-from kdt.train import optim
 from kdt.train.optim import OptimizerSpec, ScheduleSpec
 from kdt.train import steps
 from kdt.train.state import TrainState

@@ -24,13 +24,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from kdt.pruning.masks import apply_mask
 from kdt.train import losses
 from kdt.train.state import TrainState
-
-
-def apply_mask(tree: Any, mask: Any) -> Any:
-  """Zeroes the entries of ``tree`` where ``mask`` is False (dtype preserved, exact zeros)."""
-  return jax.tree.map(lambda x, m: jnp.where(m, x, jnp.zeros_like(x)), tree, mask)
 
 
 def _variables(params, batch_stats):
