@@ -138,6 +138,8 @@ def imp_fields() -> ml_collections.ConfigDict:
   imp.cache_teacher_logits = False    # teacher logits once per run (un-augmented data only)
   imp.finetune_steps = 0              # 0 = T - rewind_step (Renda et al.: rewinding's budget)
   imp.finetune_learning_rate = 0.0    # 0 = the dense schedule's final learning rate
+  imp.random_reinit_start = "control"  # random_reinit starts where its control does (open_lth's
+                                       # randomly_reinitialize: k for rewind), or "zero": 0..T
   imp.mask_basis = "identity"         # prune coefficients c of w = B c: "identity" or "dct"
   return imp
 
@@ -503,6 +505,7 @@ def _validate_imp(cfg: dict, info) -> None:
   _choice(cfg, "imp.teacher", ("dense", "previous"))
   _range(cfg, "imp.finetune_steps", 0)
   _range(cfg, "imp.finetune_learning_rate", 0.0)
+  _choice(cfg, "imp.random_reinit_start", ("control", "zero"))
   _choice(cfg, "imp.mask_basis", ("identity", "dct"))
   control = imp["control_recipe"]
   if any(recipes_lib.RECIPES[n].is_control for n in names):

@@ -70,6 +70,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "imp.selector": SELECTORS,
     "imp.control_recipe": tuple(r for r in RECIPES if r not in CONTROL_RECIPES),
     "imp.teacher": ("dense", "previous"),
+    "imp.random_reinit_start": ("control", "zero"),
     "imp.mask_basis": ("identity", "dct"),
     "lmc.networks": ("dense", "imp", "random"),
     "lmc.splits": ("train", "test", "val"),

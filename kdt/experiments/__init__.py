@@ -18,6 +18,7 @@ import ml_collections
 from kdt import config_lib
 from kdt import parallel
 from kdt import report
+from kdt import timing
 from kdt import workdir as workdir_lib
 from kdt.experiments import setup as setup_lib
 from kdt.experiments.setup import InvariantError
@@ -53,10 +54,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, allow_config_change:
   report.setup_logging()
   parallel.maybe_initialize_distributed(bool(config.parallel.distributed))
   config_lib.validate(config)
-  if dataset is None:  # a missing dataset fails here, before anything is written
-    dataset = setup_lib.load_data(config)
-  workdir_lib.prepare_workdir(config, workdir, allow_config_change=allow_config_change)
-  setup = build_setup(config, workdir, dataset=dataset, model=model)
+  with timing.timed("setup"):
+    if dataset is None:  # a missing dataset fails here, before anything is written
+      dataset = setup_lib.load_data(config)
+    workdir_lib.prepare_workdir(config, workdir, allow_config_change=allow_config_change)
+    setup = build_setup(config, workdir, dataset=dataset, model=model)
   return experiment_module(config.experiment).run(setup, config, setup.workdir)
 
 

@@ -49,6 +49,7 @@ from kdt import faults
 from kdt import fileio
 from kdt import pruning
 from kdt import report
+from kdt import timing
 from kdt.experiments.setup import InvariantError
 from kdt.experiments.setup import Setup
 from kdt.tickets import recipes as recipes_lib
@@ -113,7 +114,8 @@ def budget(setup: Setup, imp: ml_collections.ConfigDict) -> recipes_lib.Budget:
   return recipes_lib.Budget(num_steps=int(setup.config.train.num_steps),
                             rewind_step=int(imp.rewind_step),
                             finetune_steps=int(imp.finetune_steps),
-                            finetune_learning_rate=float(imp.finetune_learning_rate))
+                            finetune_learning_rate=float(imp.finetune_learning_rate),
+                            random_reinit_from_zero=imp.random_reinit_start == "zero")
 
 
 class IMPRounds:
@@ -182,15 +184,18 @@ class IMPRounds:
       current: dict[str, tuple[Weights, Any]] = {}
       for recipe in self.recipes:
         directory = round_dir(self.workdir, round_index, recipe.name)
-        mask = self.setup.load_mask(
-            directory, lambda: self._compute_mask(round_index, recipe, previous, masks, points))
-        masks[recipe.name] = mask
-        faults.maybe_kill("after_prune", f"round_{round_index:02d}/{recipe.name}")
-        self._check_mask(round_index, recipe.name, mask)
-        run = self._retraining_run(round_index, recipe, mask, theta_0, theta_k, previous,
-                                   dense_model, teacher_tables)
+        with timing.timed("pruning"):
+          mask = self.setup.load_mask(
+              directory, lambda: self._compute_mask(round_index, recipe, previous, masks, points))
+          masks[recipe.name] = mask
+          faults.maybe_kill("after_prune", f"round_{round_index:02d}/{recipe.name}")
+          self._check_mask(round_index, recipe.name, mask)
+        with timing.timed("setup"):
+          run = self._retraining_run(round_index, recipe, mask, theta_0, theta_k, previous,
+                                     dense_model, teacher_tables)
         result = self._trainer_for(recipe).train(run)
-        self._check_pruned_zero(round_index, recipe.name, result.state.params, run.mask)
+        with timing.timed("pruning"):
+          self._check_pruned_zero(round_index, recipe.name, result.state.params, run.mask)
         params, batch_stats = result.state.params, result.state.batch_stats
         if self.tweaks.applies_to(recipe.name):  # drop ghost leaves: later rounds prune the rest
           params, batch_stats = self.tweaks.lower_variables(params, batch_stats)
@@ -202,10 +207,11 @@ class IMPRounds:
 
     if write_report:
       faults.maybe_kill("plots_write")
-      if jax.process_index() == 0:
-        report.write_imp_plots(self.workdir, rows, self.layer_densities, title=self.setup.title)
-        report.write_imp_tensorboard(self.workdir, rows)
-      print(report.format_table(rows, title=self.setup.title), flush=True)
+      with timing.timed("results_and_plots"):
+        if jax.process_index() == 0:
+          report.write_imp_plots(self.workdir, rows, self.layer_densities, title=self.setup.title)
+          report.write_imp_tensorboard(self.workdir, rows)
+        print(report.format_table(rows, title=self.setup.title), flush=True)
     log.info("IMP finished in %.1f s (this invocation); results in %s",
              time.time() - start, os.path.join(self.workdir, "results.json"))
     return rows
@@ -284,7 +290,8 @@ class IMPRounds:
   def _restore_dense(self, step: int) -> Weights:
     """A verified dense checkpoint (theta_0, theta_k); corruption here cannot be repaired by
     falling back, so it stops the run with :class:`~kdt.checkpoint.CheckpointCorruptError`."""
-    weights, _ = self.setup.restore(self.dense.directory, step)
+    with timing.timed("checkpoints"):
+      weights, _ = self.setup.restore(self.dense.directory, step)
     return weights
 
   def _retraining_run(self, round_index, recipe, mask, theta_0, theta_k, previous, dense_model,
@@ -353,8 +360,9 @@ class IMPRounds:
     return row
 
   def _write_results(self, rows) -> None:
-    if jax.process_index() == 0:
-      report.write_results(self.workdir, rows)
+    with timing.timed("results_and_plots"):
+      if jax.process_index() == 0:
+        report.write_results(self.workdir, rows)
 
   def _record_layer_densities(self, round_index: int, masks: dict) -> None:
     """Per-layer densities of each own-lineage mask (the controls copy the control's densities)."""

@@ -13,7 +13,8 @@ finetune       theta_T (trained)   constant small LR    CE   own lineage        
 kd             theta_0             full                 KD   own lineage        Ma et al. 2021 (KD ticket)
 kd_rewind      theta_k             steps k..T           KD   own lineage        Ma et al. 2021
 kd_lr_rewind   theta_T             steps k..T replayed  KD   own lineage        combination
-random_reinit  fresh random init   full                 CE   control's mask     control (Frankle & Carbin)
+random_reinit  fresh random init   as the control       CE   control's mask     control (open_lth
+                                                                                ``randomly_reinitialize``)
 random_prune   as the control      as the control       CE   random, same per-  control (open_lth
                                                               layer density      ``randomly_prune``)
 tost           as the control      as the control       CE   control's mask     Jaiswal et al. 2022 (ToST)
@@ -113,6 +114,8 @@ class Recipe:
       schedule = ScheduleSpec(name="constant", learning_rate=lr, num_steps=end)
     else:
       raise ValueError(f"recipe {self.name!r}: schedule {effective.schedule!r} needs a control")
+    if effective.weights == "random" and budget.random_reinit_from_zero:
+      start, end = 0, budget.num_steps
     if effective.weights == "random":
       weights = fresh()
     elif effective.weights in ("init", "rewind", "trained"):
@@ -141,11 +144,16 @@ class Budget:
     rewind_step: k, the rewind point of ``rewind`` / ``lr_rewind`` / ``kd_rewind``.
     finetune_steps: ``finetune``'s length; 0 = T - k (Renda et al.: rewinding's budget).
     finetune_learning_rate: ``finetune``'s constant LR; 0 = the schedule's final LR.
+    random_reinit_from_zero: ``random_reinit`` trains steps 0..T whatever its control. The
+      default (False) follows open_lth (``lottery/branch/randomly_reinitialize.py``): the control
+      trains from the control's own start step (k for a rewound ticket), the same budget as the
+      ticket it controls.
   """
   num_steps: int
   rewind_step: int = 0
   finetune_steps: int = 0
   finetune_learning_rate: float = 0.0
+  random_reinit_from_zero: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,7 +184,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("kd", weights="init", schedule="full", kd=True),
     Recipe("kd_rewind", weights="rewind", schedule="from_rewind", kd=True),
     Recipe("kd_lr_rewind", weights="trained", schedule="from_rewind", kd=True),
-    Recipe("random_reinit", weights="random", schedule="full", mask="control"),
+    Recipe("random_reinit", weights="random", schedule="control", mask="control"),
     Recipe("random_prune", weights="control", schedule="control", mask="random_like_control"),
     Recipe("tost", weights="control", schedule="control", mask="control"),
 )}
