@@ -165,6 +165,8 @@ def lmc_fields() -> ml_collections.ConfigDict:
   lmc.stable_threshold = 0.02         # instability (test error) below this: stable
   lmc.matching_tolerance = 0.002      # accuracy within this of the dense run's: matching
   lmc.top_p = 0.2                     # top-p magnitude overlap of theta_k vs trained
+  lmc.distance_weights = "prunable"   # L2 / angle over the masked prunable weights (Stabilizing
+                                      # the LTH), or "all" parameters (BN, biases, head too)
   return lmc
 
 
@@ -556,6 +558,7 @@ def _validate_lmc(cfg: dict, info) -> None:
   _range(cfg, "lmc.stable_threshold", 0.0, 1.0, low_open=True)
   _range(cfg, "lmc.matching_tolerance", 0.0, 1.0)
   _range(cfg, "lmc.top_p", 0.0, 1.0, low_open=True)
+  _choice(cfg, "lmc.distance_weights", ("prunable", "all"))
 
 
 def _validate_correlation(cfg: dict, info) -> None:

@@ -75,6 +75,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "lmc.networks": ("dense", "imp", "random"),
     "lmc.splits": ("train", "test", "val"),
     "lmc.batch_norm": ("reestimate", "interpolate"),
+    "lmc.distance_weights": ("prunable", "all"),
     "tost.activation": ("",) + ACTIVATIONS,
     "tost.lrsi": tuple(config_lib.TOST_LRSI),
     "tost.gradinit_alg": tuple(config_lib.GRADINIT_ALGS),

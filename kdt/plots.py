@@ -182,7 +182,9 @@ def plot_correlation_vs_rewind(rows: list[dict], path: str, title: str = "") -> 
 
 def plot_stability_distance(rows: list[dict], path: str, title: str = "") -> None:
   """L2 distance between the copies (data order) and alone vs in the dense net (pruning)."""
-  ylabel = "L2 distance of the masked parameters"
+  over = rows[0].get("distance_weights", "all") if rows else "all"
+  ylabel = ("L2 distance of the masked prunable weights" if over == "prunable"
+            else "L2 distance of all masked parameters")
   _panels_vs_rewind(rows, path, (
       ("l2", "data order: ‖copy A − copy B‖₂", ylabel),
       ("pruning_l2", "pruning: ‖m⊙(trained in dense) − trained alone‖₂", ylabel),

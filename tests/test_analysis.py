@@ -339,3 +339,15 @@ def test_correlation_experiment_end_to_end(tmp_path):
       small["lth_test_accuracy"] - small["random_reinit_test_accuracy"])
   for name in ("correlation", "mask_overlap"):
     assert os.path.getsize(os.path.join(workdir, "plots", f"{name}.png")) > 10_000
+
+
+def test_stability_distances_are_over_the_prunable_weights_by_default():
+  """Stabilizing the LTH measures L2 / angle over the masked prunable weights: a difference in a
+  BatchNorm scale or the head alone does not count (lmc.distance_weights='prunable')."""
+  a = {"kernel": jnp.array([1.0, 2.0]), "bn_scale": jnp.array([1.0])}
+  b = {"kernel": jnp.array([1.0, 2.0]), "bn_scale": jnp.array([3.0])}
+  mask = jax.tree.map(lambda x: jnp.ones(x.shape, bool), a)
+  prunable = {"kernel": True, "bn_scale": False}
+  assert float(stability.pair_metrics(a, b, mask, leaves=prunable)["l2"]) == 0.0
+  assert float(stability.pair_metrics(a, b, mask)["l2"]) == 2.0
+  assert config_lib.base_config("lmc").lmc.distance_weights == "prunable"

@@ -134,24 +134,32 @@ def angle(tree_a: Any, tree_b: Any, mask: Any | None = None, *, leaves: Any | No
   return jnp.degrees(theta) if degrees else theta
 
 
-def pair_metrics(trained_a: Any, trained_b: Any, mask: Any, origin: Any | None = None) -> dict:
+def pair_metrics(trained_a: Any, trained_b: Any, mask: Any, origin: Any | None = None, *,
+                 leaves: Any | None = None) -> dict:
   """Distance, angle and (with ``origin``) the distance relative to the distance travelled.
+
+  "Stabilizing the Lottery Ticket Hypothesis" (Frankle et al. 2019) measures both over the
+  (masked) prunable weights: pass ``leaves`` = the prunable tree for that (experiment ``lmc``'s
+  default, ``lmc.distance_weights="prunable"``); ``None`` uses every parameter (BatchNorm scales
+  and shifts, biases, the head).
 
   Args:
     trained_a: one trained copy's parameters.
     trained_b: the other copy's.
     mask: the subnetwork's mask (all True for a dense network).
     origin: the common starting point (theta_k) or None.
+    leaves: static pytree of Python bools restricting the leaves, or None for all.
 
   Returns:
     ``{"l2": d, "angle": degrees}`` plus, with ``origin``, ``"travelled"`` (the mean of
     :math:`\\lVert m\\odot(a - \\theta_k)\\rVert` and the same for ``b``) and
     ``"l2_relative" = l2 / travelled`` (LMC: 25-45 % even for stable pairs). Scalars, jit-able.
   """
-  out = {"l2": l2_distance(trained_a, trained_b, mask),
-         "angle": angle(trained_a, trained_b, mask, degrees=True)}
+  out = {"l2": l2_distance(trained_a, trained_b, mask, leaves=leaves),
+         "angle": angle(trained_a, trained_b, mask, leaves=leaves, degrees=True)}
   if origin is not None:
-    travelled = 0.5 * (l2_distance(trained_a, origin, mask) + l2_distance(trained_b, origin, mask))
+    travelled = 0.5 * (l2_distance(trained_a, origin, mask, leaves=leaves) +
+                       l2_distance(trained_b, origin, mask, leaves=leaves))
     out["travelled"] = travelled
     out["l2_relative"] = out["l2"] / travelled
   return out

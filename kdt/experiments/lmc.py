@@ -211,7 +211,8 @@ class LMCExperiment:
     self.alphas = [float(a) for a in np.asarray(interpolation.alpha_grid(self.lmc.num_alphas))]
     self.splits = list(self.lmc.splits)
     self.verdict_split = "test" if "test" in self.splits else self.splits[0]
-    self._metrics = jax.jit(stability.pair_metrics)
+    leaves = self.setup.prunable if self.lmc.distance_weights == "prunable" else None
+    self._metrics = jax.jit(functools.partial(stability.pair_metrics, leaves=leaves))
     self._correlation = jax.jit(functools.partial(correlation.weight_correlation,
                                                   prunable=self.setup.prunable,
                                                   top_p=float(self.lmc.top_p)))
@@ -344,6 +345,7 @@ class LMCExperiment:
         "copy_test_accuracy": accuracies, "test_accuracy": float(np.mean(accuracies)),
         "dense_test_accuracy": self.dense_accuracy, "steps_trained": self.config.train.num_steps - k,
         "pair_seeds": list(lmc.pair_seeds), "alphas": self.alphas,
+        "distance_weights": lmc.distance_weights,
         "batch_norm": lmc.batch_norm if jax.tree.leaves(first.batch_stats) else "none",
     }
     curves: dict[str, list[list[float]]] = {s: [] for s in self.splits}
