@@ -39,7 +39,10 @@ def main(argv):
     sys.exit(2)
   except loop.PreemptedError as e:
     print(f"kdt: {e}", file=sys.stderr)
-    sys.exit(143)
+    sys.exit(e.exit_code)
+  except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, the last checkpoint is kept
+    print("kdt: interrupted — rerun the same command to continue.", file=sys.stderr)
+    sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -270,13 +270,9 @@ class IMPDriver:
   # ----- runs --------------------------------------------------------------------------------------
 
   def _restore_dense(self, step: int) -> Trained:
-    """A verified dense checkpoint (theta_0, theta_k); corruption here cannot be repaired by
-    falling back, so it stops the run with :class:`~kdt.checkpoint.CheckpointCorruptError`."""
-    ckpt = checkpoint_lib.Checkpointer(self.dense.directory)
-    try:
-      state, _ = ckpt.restore(step, self.trainer._abstract_state(self.dense))
-    finally:
-      ckpt.close()
+    """A verified dense checkpoint (theta_0, theta_k); a damaged one is rebuilt with a warning by
+    replaying the dense run (:meth:`kdt.train.loop.Trainer.restore_step`)."""
+    state, _ = self.trainer.restore_step(self.dense, step)
     return Trained(state.params, state.batch_stats, self.dense.mask)
 
   def _retraining_run(self, round_index, recipe, mask, theta_0, theta_k, previous, dense_model,
