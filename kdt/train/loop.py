@@ -226,7 +226,7 @@ class Trainer:
     mesh: the device mesh (:func:`kdt.parallel.make_mesh`).
     settings: logging / eval / checkpoint cadence and batch sizes.
     augment: augmentation name (``"default"`` = the dataset's own default).
-    writer_factory: ``name -> clu MetricWriter`` (None = log only).
+    writer_factory: ``name -> MetricWriter`` (:mod:`kdt.report`; None = log only).
     ghost_batch_norm: BatchNorm statistics per device instead of over the global batch
       (:class:`kdt.parallel.GhostBatchNorm`).
     teacher_model: the KD teacher's module when it differs from ``model`` (sparse re-training
