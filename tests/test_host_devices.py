@@ -148,12 +148,20 @@ def test_eight_devices_get_spare_threads_for_collectives():
 
 
 def test_many_collectives_in_flight_on_eight_devices_under_load():
-  """~40 s on a loaded 2-core machine (3000 small data-parallel steps, one burning sibling)."""
+  """46 s on the loaded 2-core machine (3000 small data-parallel steps, one burning sibling)."""
   with _BurnCpu():
     proc = subprocess.run([sys.executable, "-c", _STRESS, "3000"], cwd=REPO, capture_output=True,
                           text=True, timeout=300, env=_env_without_device_flags())
   _assert_no_stuck_collective(proc)
   assert "done" in proc.stdout
+
+
+# The quickstart runs themselves are the issue's reproduction, but cost 5.3 and 4.5 min on this
+# project's 2-core machine at load ~10 (measured with --durations): over the suite's budget, so
+# they run when KDT_SLOW_TESTS=1. The two tests above (~20 s and ~45 s) run always; the stress
+# test hung in 5 of 6 runs before the fix.
+_SLOW = pytest.mark.skipif(not os.environ.get("KDT_SLOW_TESTS"),
+                           reason="5 min each on 2 cores; set KDT_SLOW_TESTS=1")
 
 
 def _quickstart(workdir, *overrides):
@@ -163,15 +171,17 @@ def _quickstart(workdir, *overrides):
       env=_env_without_device_flags(XLA_FLAGS="--xla_force_host_platform_device_count=8"))
 
 
+@_SLOW
 def test_eight_device_quickstart(tmp_path):
-  """The README's quickstart command with 8 host devices, as issue 15 ran it (~2 min, 2 cores)."""
+  """The README's quickstart command with 8 host devices, as issue 15 ran it (5.3 min, load 10)."""
   proc = _quickstart(tmp_path)
   _assert_no_stuck_collective(proc)
   assert os.path.exists(tmp_path / "results.json")
 
 
+@_SLOW
 def test_eight_device_quickstart_under_load(tmp_path):
-  """The same with a CPU-burning sibling process, cut to 2 rounds (~1.5 min, 2 cores)."""
+  """The same with a CPU-burning sibling process, cut to 2 rounds (4.5 min, load 10)."""
   with _BurnCpu():
     proc = _quickstart(tmp_path, "--config.imp.num_rounds=2")
   _assert_no_stuck_collective(proc)
