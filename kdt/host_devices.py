@@ -36,8 +36,10 @@ fetches metrics at log steps), the launch of a *later* program can also hold a p
 blocked on a device whose queue of in-flight programs is full — and that queue only drains when
 the collective completes. With no spare thread, the collective's last part never starts: 7 of 8
 threads wait in the all-reduce rendezvous until XLA aborts the process (SIGABRT after 40 s). The
-more devices per core and the more loaded the machine, the likelier (reproduced with 8 devices
-on 2 cores, once in three runs under one CPU-burning sibling process). :func:`reserve_threads`
+more devices per core and the more loaded the machine, the likelier: 8 devices on 2 cores with a
+CPU-burning sibling, 3000 unsynchronised data-parallel steps, hung in 1 of 3 runs at load ~7 and
+in 5 of 6 at load 10-14; with the threads below, 0 of 6 at load 14-18 (and the 8-device
+quickstart, which had aborted, finished). :func:`reserve_threads`
 therefore gives the CPU client ``2 * devices`` threads (``PJRT_NPROC``, read by XLA when the
 backend starts): one per device for the running collective, one per device for the launches of
 the next program. :func:`configure` and :func:`configure_for` call it whenever the CPU is split,
