@@ -25,7 +25,6 @@ setuptools.setup(
         "array_record>=0.7.0",
         "grain>=0.2.10",
         "ml_collections>=1.0.0",
-        "clu>=0.0.12",
         "absl-py>=2.1.0",
         "numpy>=1.26",
         "scikit-learn>=1.4",

@@ -25,9 +25,9 @@ Sections (``--sections``, all by default):
               ``shard_map`` over host devices and ``sequential`` (the single-ticket step called K
               times; ``lax_map`` on request); plus the strategy
               :func:`kdt.tickets.batch.choose_strategy` picks on this backend.
-``pipeline``  the quickstart IMP (``configs/quickstart.py``): total wall time, and a second,
-              instrumented run splitting the wall time into train steps, compilation, data,
-              evaluation, pruning, checkpoints and results/plots (fraction outside the steps).
+``pipeline``  the quickstart IMP (``configs/quickstart.py``): wall time, split into train steps,
+              compilation, data, evaluation, pruning, checkpoints and results/plots as the loop
+              and the experiments record it themselves (:mod:`kdt.timing`).
               With other sections it runs in a fresh process, on the host devices
               ``python -m kdt.main`` would give the quickstart.
 ``flops``     achieved FLOP/s of every kdt step (XLA's cost analysis / measured step time) against
@@ -41,7 +41,6 @@ minutes on 2 cores): its figures are not for quoting.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import datetime
 import functools
@@ -807,54 +806,6 @@ def section_tickets(settings: Settings, log: Callable[[str], None]) -> dict:
 
 # ----- section: pipeline ----------------------------------------------------------------------------
 
-class Probe:
-  """Charges wall time to categories by patching functions; the outermost patched call wins."""
-
-  def __init__(self):
-    self.seconds: dict[str, float] = {}
-    self.calls: dict[str, int] = {}
-    self.missing: list[str] = []
-    self._depth = 0
-    self._patches: list[tuple[Any, str, Any]] = []
-
-  def _charge(self, category: str, seconds: float) -> None:
-    self.seconds[category] = self.seconds.get(category, 0.0) + seconds
-    self.calls[category] = self.calls.get(category, 0) + 1
-
-  @contextlib.contextmanager
-  def timed(self, category: str):
-    outermost = self._depth == 0
-    self._depth += 1
-    start = time.perf_counter()
-    try:
-      yield
-    finally:
-      self._depth -= 1
-      if outermost:
-        self._charge(category, time.perf_counter() - start)
-
-  def patch(self, owner: Any, attribute: str, category: str) -> None:
-    """Wraps ``owner.attribute`` so its calls are charged to ``category`` (if it exists)."""
-    original = getattr(owner, attribute, None)
-    if original is None:
-      self.missing.append(f"{getattr(owner, '__name__', owner)}.{attribute}")
-      return
-    probe = self
-
-    @functools.wraps(original)
-    def wrapper(*args, **kwargs):
-      with probe.timed(category):
-        return original(*args, **kwargs)
-
-    self._patches.append((owner, attribute, original))
-    setattr(owner, attribute, wrapper)
-
-  def restore(self) -> None:
-    for owner, attribute, original in reversed(self._patches):
-      setattr(owner, attribute, original)
-    self._patches.clear()
-
-
 def quickstart_config(overrides=()):
   """``configs/quickstart.py``'s config (found next to the package), with ``overrides`` applied."""
   from kdt import config_lib
@@ -864,87 +815,29 @@ def quickstart_config(overrides=()):
 
 
 def section_pipeline(settings: Settings, log: Callable[[str], None]) -> dict:
-  """The quickstart IMP: wall time, then an instrumented run splitting it by category."""
-  import jax
-  from kdt import checkpoint, experiments, parallel, report
-  from kdt.experiments import imp
-  from kdt.experiments import setup as setup_lib
-  from kdt.train import loop
+  """The quickstart IMP: wall time, then the split by category that kdt records itself
+  (:mod:`kdt.timing`: the loop charges data, compile, train steps, eval and checkpoints; the
+  experiments setup, pruning and results/plots)."""
+  from kdt import experiments, timing
   config = quickstart_config(settings.quickstart_overrides)
   out = {"config": "configs/quickstart.py", "overrides": dict(settings.quickstart_overrides)}
   with tempfile.TemporaryDirectory() as tmp:
-    log("[pipeline] quickstart IMP, plain run")
+    log("[pipeline] quickstart IMP")
+    timing.reset()
     start = time.perf_counter()
-    experiments.run(config, os.path.join(tmp, "plain"))
-    out["wall_s"] = time.perf_counter() - start
-
-    log("[pipeline] quickstart IMP, instrumented run")
-    probe = Probe()
-    trainers = []
-    original_init = loop.Trainer.__init__
-
-    def init(self, *args, **kwargs):
-      original_init(self, *args, **kwargs)
-      trainers.append(self)
-
-    original_step_for = loop.Trainer.train_step_for
-    first_calls: set[int] = set()
-
-    def train_step_for(self, run):
-      step_fn = original_step_for(self, run)
-
-      def timed_step(*args):
-        category = "compile" if id(step_fn) not in first_calls else "train_steps"
-        first_calls.add(id(step_fn))
-        with probe.timed(category):
-          result = step_fn(*args)
-          jax.block_until_ready(result)
-        return result
-
-      return timed_step
-
-    loop.Trainer.__init__ = init
-    loop.Trainer.train_step_for = train_step_for
-    probe.patch(parallel, "global_batch", "data")
-    probe.patch(loop.Trainer, "_train_batch", "data")
-    probe.patch(loop.Trainer, "_cached_teacher_logits", "data")
-    probe.patch(loop.Trainer, "teacher_logits_table", "data")
-    probe.patch(loop.Trainer, "evaluate", "eval")
-    probe.patch(loop.Trainer, "evaluate_all", "eval")
-    probe.patch(loop.Trainer, "_record_eval", "eval")
-    probe.patch(loop.Trainer, "_abstract_state", "checkpoints")
-    probe.patch(report, "create_writer", "logging")
-    probe.patch(setup_lib, "load_data", "setup")
-    for method in ("__init__", "save", "restore", "restore_latest", "restore_meta", "close"):
-      probe.patch(checkpoint.Checkpointer, method, "checkpoints")
-    probe.patch(checkpoint.MaskStore, "load_or_compute", "pruning")
-    for method in ("_compute_mask", "_check_mask", "_check_pruned_zero"):
-      probe.patch(imp.IMPRounds, method, "pruning")
-    probe.patch(imp.IMPRounds, "_restore_dense", "checkpoints")
-    probe.patch(imp.IMPRounds, "_retraining_run", "setup")
-    probe.patch(imp.IMPRounds, "__init__", "setup")
-    for function in ("write_results", "write_imp_plots", "write_imp_tensorboard", "format_table"):
-      probe.patch(report, function, "results_and_plots")
-    try:
-      start = time.perf_counter()
-      experiments.run(config, os.path.join(tmp, "instrumented"))
-      wall = time.perf_counter() - start
-    finally:
-      probe.restore()
-      loop.Trainer.__init__ = original_init
-      loop.Trainer.train_step_for = original_step_for
-  seconds = dict(probe.seconds)
+    experiments.run(config, os.path.join(tmp, "quickstart"))
+    wall = time.perf_counter() - start
+    recorded = timing.snapshot()
+  seconds = dict(recorded["seconds"])
   steps_s, compile_s = seconds.get("train_steps", 0.0), seconds.get("compile", 0.0)
   seconds["other"] = max(0.0, wall - sum(seconds.values()))
   out.update({
-      "instrumented_wall_s": wall,
+      "wall_s": wall,
       "seconds": seconds,
-      "calls": probe.calls,
-      "not_instrumented": probe.missing,
+      "calls": recorded["calls"],
       "fraction_outside_steps": (wall - steps_s - compile_s) / wall,
       "fraction_outside_steps_incl_compile": (wall - steps_s) / wall,
-      "compiles_per_variant": sorted({c for t in trainers for c in t.trace_counts.values()}),
-      "train_step_calls": probe.calls.get("train_steps", 0) + probe.calls.get("compile", 0),
+      "train_step_compiles": recorded["calls"].get("compile", 0),
   })
   return out
 
@@ -1080,10 +973,9 @@ def format_table(results: dict) -> str:
   if pipe:
     parts = ", ".join(f"{k} {v:.1f} s" for k, v in sorted(pipe["seconds"].items(),
                                                           key=lambda kv: -kv[1]))
-    lines += ["", f"**Quickstart IMP**: {pipe['wall_s']:.1f} s wall; instrumented run "
-              f"{pipe['instrumented_wall_s']:.1f} s = {parts}; outside train steps and compiles: "
-              f"{100 * pipe['fraction_outside_steps']:.0f} %; compiles per step variant: "
-              f"{pipe['compiles_per_variant']}."]
+    lines += ["", f"**Quickstart IMP**: {pipe['wall_s']:.1f} s wall = {parts}; outside train "
+              f"steps and compiles: {100 * pipe['fraction_outside_steps']:.0f} %; step "
+              f"compiles: {pipe['train_step_compiles']}."]
   flops = results.get("flops")
   if flops:
     peak = flops["matmul_peak_flops_per_s"]

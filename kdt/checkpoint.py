@@ -92,6 +92,9 @@ class Checkpointer:
         preservation_policy=ocp_managers.AnyPreservationPolicy(policies),
         create=True,
         enable_async_checkpointing=False,
+        # A process killed mid-save (SIGKILL, a second Ctrl-C) leaves `<step>.orbax-checkpoint-tmp`;
+        # the next start removes it (a finished step is only ever a renamed, complete folder).
+        cleanup_tmp_directories=True,
     )
     self._manager = ocp.CheckpointManager(
         self.directory, options=options,
@@ -197,7 +200,7 @@ class Checkpointer:
         problems.append((step, str(e)))
         continue
       for bad_step, _ in problems:
-        self._quarantine(bad_step)
+        self.quarantine(bad_step)
       return step, state, meta
     if problems:
       raise CheckpointCorruptError(
@@ -206,7 +209,8 @@ class Checkpointer:
           "\nNothing was deleted. Move the directory aside to start this run over.")
     return None
 
-  def _quarantine(self, step: int) -> None:
+  def quarantine(self, step: int) -> None:
+    """Moves step ``step`` aside to ``<step>.corrupt.<time>`` (never deleted) and forgets it."""
     source = os.path.join(self.directory, str(step))
     target = f"{source}.corrupt.{int(time.time())}"
     if jax.process_index() == 0 and os.path.exists(source):

@@ -281,7 +281,7 @@ def main(argv):
   from kdt.data import DatasetUnavailableError
   from kdt.train import loop
 
-  loop.install_sigterm_handler()
+  loop.install_stop_handlers()
   host_devices.configure_for(config)  # before JAX starts: CPU split for conv nets
   try:
     experiments.run(config, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
@@ -291,7 +291,10 @@ def main(argv):
     sys.exit(2)
   except loop.PreemptedError as e:
     print(f"kdt: {e}", file=sys.stderr)
-    sys.exit(143)
+    sys.exit(e.exit_code)
+  except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, the last checkpoint is kept
+    print("kdt: interrupted — rerun the same command to continue.", file=sys.stderr)
+    sys.exit(130)
 
 
 def run_cli() -> None:

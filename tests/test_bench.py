@@ -10,6 +10,7 @@ are skipped without it.
 import functools
 import json
 import math
+import time
 
 import jax
 import jax.numpy as jnp
@@ -45,26 +46,19 @@ def test_ratios_and_summaries():
   assert s["median_s"] == pytest.approx(0.2) and s["images_per_s"] == pytest.approx(320.0)
 
 
-def test_probe_charges_the_outermost_category_only():
-  probe = bench.Probe()
-
-  class Owner:
-    @staticmethod
-    def inner():
-      return 1
-
-    @staticmethod
-    def outer():
-      return Owner.inner() + 1
-
-  probe.patch(Owner, "inner", "data")
-  probe.patch(Owner, "outer", "eval")
-  probe.patch(Owner, "missing", "eval")
-  assert Owner.outer() == 2 and Owner.inner() == 1
-  assert probe.calls == {"eval": 1, "data": 1}
-  assert probe.missing and "missing" in probe.missing[0]
-  probe.restore()
-  assert not hasattr(Owner.inner, "__wrapped__")
+def test_timing_is_exclusive_and_adds_up():
+  """kdt.timing charges a nested block to its own category only (the bench's pipeline split)."""
+  from kdt import timing
+  timing.reset()
+  with timing.timed("train_steps"):
+    with timing.timed("data"):
+      time.sleep(0.05)
+    time.sleep(0.02)
+  got = timing.snapshot()
+  assert got["calls"] == {"data": 1, "train_steps": 1}
+  assert got["seconds"]["data"] >= 0.05
+  assert 0.02 <= got["seconds"]["train_steps"] < 0.05   # the nested 0.05 s is not counted twice
+  timing.reset()
 
 
 def test_kdt_step_variants_train_and_compile_once():
@@ -103,10 +97,10 @@ def test_tiny_run_writes_every_section(tmp_path):
 
   pipeline = stored["pipeline"]
   assert pipeline["wall_s"] > 0 and 0.0 <= pipeline["fraction_outside_steps"] <= 1.0
-  assert pipeline["compiles_per_variant"] == [1]
-  assert pipeline["seconds"]["train_steps"] > 0 and pipeline["seconds"]["checkpoints"] > 0
-  assert pipeline["train_step_calls"] == 20 * 3  # dense + two recipes, 20 steps each
-  assert not pipeline["not_instrumented"]
+  for category in ("setup", "data", "compile", "train_steps", "eval", "checkpoints", "pruning",
+                   "results_and_plots"):
+    assert pipeline["seconds"][category] > 0, category   # recorded by the loop and the drivers
+  assert 1 <= pipeline["train_step_compiles"] <= 3       # one per step variant, not per run
 
   flops = stored["flops"]
   assert flops["matmul_peak_flops_per_s"]["jax_float32"] > 0

@@ -8,6 +8,7 @@ randomized version (more points, random places) runs when ``KDT_CRASH_RANDOM=<n>
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -145,7 +146,7 @@ def test_corrupted_latest_checkpoint_falls_back(damage, tmp_path):
   rerun = _run(workdir, "step:round_01/lth@1")
   assert "WARNING" in rerun.stdout + rerun.stderr and "step 12" in rerun.stdout + rerun.stderr
   assert any(d.startswith("12.corrupt") for d in os.listdir(dense))
-  assert "resuming from step 8" in rerun.stdout
+  assert "resuming dense from step 8" in rerun.stdout
 
 
 def test_no_good_checkpoint_stops_without_deleting(tmp_path):
@@ -183,4 +184,72 @@ def test_sigterm_saves_and_resumes(uninterrupted, tmp_path):
   assert "stopped by SIGTERM" in err
   final = _run(workdir)
   assert final.returncode == 0, final.stderr[-3000:]
+  _assert_same(workdir, uninterrupted)
+
+
+def _orbax_tmp_folders(workdir):
+  return [root for root, dirs, _ in os.walk(workdir) for d in dirs if "orbax-checkpoint-tmp" in d]
+
+
+def test_ctrl_c_stops_at_a_step_and_resumes(uninterrupted, tmp_path):
+  """Ctrl-C (SIGINT from outside) is a preemption: checkpoint, one line, exit 130, exact resume."""
+  workdir = str(tmp_path / "ctrl_c")
+  proc = subprocess.Popen(_command(workdir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, cwd=REPO, env=dict(os.environ))
+  for line in proc.stdout:
+    if "round_01/rewind" in line and "eval at step" in line:
+      proc.send_signal(signal.SIGINT)
+      break
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 130, err[-3000:]
+  stop = re.search(r"\[(\S+)\] interrupted at step (\d+) — rerun the same command to continue", err)
+  assert stop, err[-3000:]
+  assert "Traceback" not in out + err, err[-3000:]
+  assert not _orbax_tmp_folders(workdir)
+  run, step = stop.groups()
+  saved = os.path.isdir(os.path.join(workdir, "dense" if run == "dense" else f"{run}/train", step))
+  final = _run(workdir)
+  assert final.returncode == 0, final.stderr[-3000:]
+  if saved:
+    assert f"resuming {run} from step {step}" in final.stdout
+  _assert_same(workdir, uninterrupted)
+
+
+def test_ctrl_c_inside_a_checkpoint_save(uninterrupted, tmp_path):
+  """SIGINT landing inside an Orbax write: the write completes, no traceback, no tmp folder."""
+  workdir = str(tmp_path / "ctrl_c_save")
+  stopped = _run(workdir, "checkpoint_save:dense@2+0.005=INT")
+  assert stopped.returncode == 130, stopped.stderr[-3000:]
+  assert "interrupted at step" in stopped.stderr
+  assert "Traceback" not in stopped.stdout + stopped.stderr, stopped.stderr[-3000:]
+  assert not _orbax_tmp_folders(workdir)
+  final = _run(workdir)
+  assert final.returncode == 0, final.stderr[-3000:]
+  assert "resuming dense from step" in final.stdout
+  _assert_same(workdir, uninterrupted)
+
+
+def _state_arrays(step_dir):
+  return jax.tree.map(np.asarray, ocp.StandardCheckpointer().restore(os.path.join(step_dir, "state")))
+
+
+def test_damaged_rewind_point_is_replayed_exactly(uninterrupted, tmp_path):
+  """A corrupted theta_k is rebuilt from theta_0 with a warning; the run's results do not change."""
+  workdir = str(tmp_path / "rewind")
+  shutil.copytree(uninterrupted, workdir)
+  rewind = os.path.join(workdir, "dense", "4")  # --config.imp.rewind_step=4
+  state_files = sorted((os.path.join(r, f) for r, _, fs in os.walk(os.path.join(rewind, "state"))
+                        for f in fs), key=os.path.getsize)
+  with open(state_files[-1], "r+b") as f:
+    f.truncate(os.path.getsize(state_files[-1]) // 2)
+  rerun = _run(workdir)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  output = rerun.stdout + rerun.stderr
+  assert "WARNING" in output and "replaying dense up to step 4" in output, output[-3000:]
+  assert "matches the fingerprint saved with the damaged copy" in output
+  assert any(d.startswith("4.corrupt") for d in os.listdir(os.path.join(workdir, "dense")))
+  want = _state_arrays(os.path.join(uninterrupted, "dense", "4"))
+  got = _state_arrays(rewind)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(a, b)  # bit for bit
   _assert_same(workdir, uninterrupted)

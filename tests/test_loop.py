@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -56,8 +57,7 @@ def _crash():
 
 
 def _assert_same_params(a, b):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  chex.assert_trees_all_equal(jax.device_get(a), jax.device_get(b))  # structure and every bit
 
 
 def test_resume_after_crash_gives_identical_weights(tmp_path):
@@ -118,10 +118,16 @@ def test_main_twice_does_not_retrain(tmp_path):
   assert "schedule.milestones" in bad.stderr
 
 
-def test_a_second_run_of_the_same_variant_compiles_nothing(tmp_path):
+def test_a_second_run_of_the_same_variant_compiles_nothing(tmp_path, monkeypatch):
   """Runs whose init_state closes over different arrays (IMP rounds) reuse every compiled program;
   a start that is not a pinned step is rebuilt on resume, so it is not checkpointed."""
   from kdt.tickets import recipes  # pylint: disable=import-outside-toplevel
+  # The compile-once guarantee, checked where it matters: the step itself is traced once for
+  # the dense run and both re-training runs (one variant), or chex raises.
+  step_function = loop.Trainer.step_function
+  monkeypatch.setattr(loop.Trainer, "step_function",
+                      lambda self, key: chex.assert_max_traces(step_function(self, key), n=1))
+  chex.clear_trace_counter()
   config = _config(num_steps=12)
   setup = setup_lib.Setup.build(config, str(tmp_path))
   trainer, dense = setup.trainer, setup.dense
@@ -146,3 +152,31 @@ def test_a_second_run_of_the_same_variant_compiles_nothing(tmp_path):
   assert len(compiles) == before, "a second run of the same variant compiled again"
   assert result.meta["steps_trained"] == 10
   assert sorted(os.listdir(tmp_path / "second")) == ["10", "12"]  # no step-2 start checkpoint
+
+
+def test_progress_is_labelled_and_excludes_evaluation_time(tmp_path, monkeypatch, caplog):
+  """Training vs test accuracy are named; a slow evaluation does not lower the next img/s."""
+  import time  # pylint: disable=import-outside-toplevel
+  config = _config(num_steps=20)
+  config.train.eval_every_steps = 10
+  dataset = experiment.load_data(config)
+  model = experiment.build_model(config, dataset.info)
+  reports = []
+  trainer = experiment.make_trainer(config, str(tmp_path), dataset, model,
+                                    experiment.parallel.make_mesh())
+  trainer.progress = reports.append
+  evaluate_all = trainer.evaluate_all
+
+  def slow_evaluation(*args, **kwargs):
+    time.sleep(3.0)  # 0.6 s a step if it leaked into the next 5-step window
+    return evaluate_all(*args, **kwargs)
+
+  monkeypatch.setattr(trainer, "evaluate_all", slow_evaluation)
+  with caplog.at_level("INFO"):
+    trainer.train(experiment.dense_run(config, str(tmp_path), model))
+  assert [r.step for r in reports] == [5, 10, 15, 20]
+  after_eval = reports[2]  # steps 11..15, right after the evaluation at step 10
+  assert after_eval.seconds_per_step < 0.3, reports
+  assert all(r.run == "dense" and r.end_step == 20 and 0 <= r.train_accuracy <= 1 for r in reports)
+  text = caplog.text
+  assert "train loss" in text and "train acc" in text and "test acc" in text

@@ -288,11 +288,11 @@ class IMPRounds:
   # ----- runs --------------------------------------------------------------------------------------
 
   def _restore_dense(self, step: int) -> Weights:
-    """A verified dense checkpoint (theta_0, theta_k); corruption here cannot be repaired by
-    falling back, so it stops the run with :class:`~kdt.checkpoint.CheckpointCorruptError`."""
+    """A verified dense checkpoint (theta_0, theta_k); a damaged one is rebuilt with a warning by
+    replaying the dense run (:meth:`kdt.train.loop.Trainer.restore_step`)."""
     with timing.timed("checkpoints"):
-      weights, _ = self.setup.restore(self.dense.directory, step)
-    return weights
+      state, _ = self.trainer.restore_step(self.dense, step)
+    return Weights(state.params, state.batch_stats)
 
   def _retraining_run(self, round_index, recipe, mask, theta_0, theta_k, previous, dense_model,
                       teacher_tables) -> loop.Run:

@@ -271,7 +271,8 @@ class LMCExperiment:
     self.dense_accuracy = dense.final["test_accuracy"]
     rows: list[dict] = []
     for k in self.ks:
-      theta_k, _ = setup.restore(setup.dense.directory, k)
+      state, _ = setup.trainer.restore_step(setup.dense, k)  # a damaged theta_k is replayed
+      theta_k = Model(state.params, state.batch_stats)
       first_dense = setup.dense.directory if k == 0 else None
       dense_copies = None
       if "dense" in self.lmc.networks or self.sparse:

@@ -11,7 +11,6 @@ and augmentation keys (both are functions of the step), so it ends with the same
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import signal
 import threading
@@ -29,6 +28,7 @@ from kdt import checkpoint as checkpoint_lib
 from kdt import data as data_lib
 from kdt import faults
 from kdt import parallel
+from kdt import timing
 from kdt.train import losses
 from kdt.train.optim import OptimizerSpec, ScheduleSpec
 from kdt.train import steps
@@ -42,15 +42,60 @@ class NonFiniteLossError(RuntimeError):
 
 
 class PreemptedError(RuntimeError):
-  """A stop was requested (SIGTERM); a checkpoint at the current step has been saved."""
+  """A stop was requested (SIGTERM or Ctrl-C); a checkpoint at the current step has been saved.
+
+  Attributes:
+    exit_code: what the command line exits with: 143 after SIGTERM, 130 after SIGINT (the shell
+      conventions, ``128 + signal number``).
+  """
+
+  def __init__(self, message: str, exit_code: int = 143):
+    super().__init__(message)
+    self.exit_code = exit_code
 
 
 _STOP_REQUESTED = threading.Event()
+_STOP_SIGNAL: list[int] = []
 
 
-def install_sigterm_handler() -> None:
-  """On SIGTERM (TPU preemption), finish the current step, checkpoint it and exit."""
-  signal.signal(signal.SIGTERM, lambda signum, frame: _STOP_REQUESTED.set())
+def _request_stop(signum, frame):  # pylint: disable=unused-argument
+  """First SIGTERM/SIGINT: stop at the next step boundary, after a checkpoint. A second Ctrl-C
+  while waiting for that boundary (a long evaluation, say) stops at once (KeyboardInterrupt)."""
+  if signum == signal.SIGINT and _STOP_REQUESTED.is_set():
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    raise KeyboardInterrupt
+  _STOP_SIGNAL.append(signum)
+  _STOP_REQUESTED.set()
+  if signum == signal.SIGINT:
+    log.warning("Ctrl-C: stopping after the current step (a checkpoint is written first); press "
+                "Ctrl-C again to stop at once.")
+
+
+def install_stop_handlers() -> None:
+  """SIGTERM (TPU preemption) and SIGINT (Ctrl-C): finish the current step, checkpoint, exit.
+
+  The handler only sets a flag, so an Orbax save in progress is never interrupted half-way (no
+  ``*.orbax-checkpoint-tmp`` folder, no traceback from Orbax's threads): :meth:`Trainer.train`
+  checks the flag after each step, saves that step and raises :class:`PreemptedError`. Only the
+  main thread can install signal handlers; elsewhere this does nothing.
+  """
+  if threading.current_thread() is not threading.main_thread():
+    return
+  _STOP_REQUESTED.clear()
+  _STOP_SIGNAL.clear()
+  signal.signal(signal.SIGTERM, _request_stop)
+  signal.signal(signal.SIGINT, _request_stop)
+
+
+
+
+def _stop_error(run_name: str, step: int, directory: str) -> PreemptedError:
+  signum = _STOP_SIGNAL[-1] if _STOP_SIGNAL else signal.SIGTERM
+  if signum == signal.SIGINT:
+    return PreemptedError(f"[{run_name}] interrupted at step {step} — rerun the same command to "
+                          f"continue (checkpoint saved in {directory}).", exit_code=130)
+  return PreemptedError(f"[{run_name}] stopped by SIGTERM at step {step}; checkpoint saved in "
+                        f"{directory}. Re-run the same command to continue.", exit_code=143)
 
 
 @dataclasses.dataclass
@@ -104,6 +149,32 @@ class RunResult:
 
 
 @dataclasses.dataclass(frozen=True)
+class Progress:
+  """What :class:`Trainer` reports to its ``progress`` callback at every log step.
+
+  An experiment driver that knows its whole plan (run i of N) turns these into an
+  experiment-wide progress line and ETA; the loop itself only knows the current run.
+
+  Attributes:
+    run: the run's name.
+    step: the step just reached.
+    start_step: the step this run started from (its schedule position, not 0 for rewinding).
+    end_step: the step it trains to.
+    seconds_per_step: training wall time per step in the last window (evaluation and checkpoint
+      writes left out).
+    train_loss: mean training loss over the window.
+    train_accuracy: mean training-batch accuracy over the window.
+  """
+  run: str
+  step: int
+  start_step: int
+  end_step: int
+  seconds_per_step: float
+  train_loss: float
+  train_accuracy: float
+
+
+@dataclasses.dataclass(frozen=True)
 class LoopSettings:
   """How often to log / evaluate / checkpoint (from ``config.train``)."""
   batch_size: int
@@ -132,17 +203,22 @@ class Trainer:
     mesh: the device mesh (:func:`kdt.parallel.make_mesh`).
     settings: logging / eval / checkpoint cadence and batch sizes.
     augment: augmentation name (``"default"`` = the dataset's own default).
-    writer_factory: ``(name, purge_step=first step written) -> clu MetricWriter`` (None = log only).
+    writer_factory: ``(name, purge_step=first step written) -> writer`` (:mod:`kdt.report`; None =
+      log only).
     ghost_batch_norm: BatchNorm statistics per device instead of over the global batch
       (:class:`kdt.parallel.GhostBatchNorm`).
     teacher_model: the KD teacher's module when it differs from ``model`` (sparse re-training
       with an architecture tweak distils the unmodified dense network); None = ``model``.
+    progress: called with a :class:`Progress` at every log step (None = nothing); drivers use it
+      for an experiment-wide progress line.
   """
 
   def __init__(self, model: nn.Module, dataset, mesh, settings: LoopSettings, *,
                augment: str = "default", writer_factory: Callable[[str], Any] | None = None,
-               ghost_batch_norm: bool = False, teacher_model: nn.Module | None = None):
+               ghost_batch_norm: bool = False, teacher_model: nn.Module | None = None,
+               progress: Callable[[Progress], None] | None = None):
     self.model = model
+    self.progress = progress
     self.teacher_model = model if teacher_model is None else teacher_model
     self.dataset = dataset
     self.mesh = mesh
@@ -155,6 +231,7 @@ class Trainer:
     self._train_model = parallel.GhostBatchNorm(model, mesh) if ghost_batch_norm else model
     self.trace_counts: dict[Any, int] = {}
     self._train_steps: dict[Any, Callable] = {}
+    self._compiled: set[Callable] = set()  # step functions called (compiled) at least once
     self._replicated = parallel.replicated(mesh)
     self._eval = jax.jit(self._eval_fn, out_shardings=self._replicated)
 
@@ -251,33 +328,131 @@ class Trainer:
 
     Raises:
       NonFiniteLossError: the loss became NaN/inf; the last good checkpoint is kept.
-      PreemptedError: SIGTERM was received; the current step has been checkpointed.
+      PreemptedError: SIGTERM or SIGINT was received; the current step has been checkpointed.
     """
-    s = self.settings
-    pinned = tuple(sorted(set(run.pinned_steps) | {run.end_step}))
-    ckpt = checkpoint_lib.Checkpointer(run.directory, pinned_steps=pinned,
-                                       keep_last=s.keep_checkpoints, name=run.name)
+    ckpt = self._checkpointer(run)
     try:
       return self._train(run, ckpt)
     finally:
       ckpt.close()
 
+  def _checkpointer(self, run: Run) -> checkpoint_lib.Checkpointer:
+    """``run``'s checkpoints, with its pinned steps (and its final step) kept forever."""
+    pinned = tuple(sorted(set(run.pinned_steps) | {run.end_step}))
+    return checkpoint_lib.Checkpointer(run.directory, pinned_steps=pinned,
+                                       keep_last=self.settings.keep_checkpoints, name=run.name)
+
+  def restore_step(self, run: Run, step: int) -> tuple[TrainState, dict]:
+    """``run``'s state at ``step`` (a rewind point), rebuilt by replaying the run if it is damaged.
+
+    Training is a pure function of the starting state and the step (data order and augmentation
+    keys are functions of it), so a pinned step is exactly the state that replaying the run from
+    an earlier good checkpoint (step 0, theta_0) to ``step`` gives — bit for bit, with the same
+    compiled step on the same devices. A missing or corrupted checkpoint at ``step`` is moved
+    aside (``<step>.corrupt.<time>``), replayed with a warning, saved again and returned; when the
+    damaged copy's metadata still holds its fingerprint, the replay is checked against it.
+
+    Args:
+      run: the run that wrote the checkpoint (the dense run).
+      step: the step to restore.
+
+    Returns:
+      ``(state, meta)``.
+
+    Raises:
+      CheckpointMismatchError: the checkpoint holds another model (nothing is replayed).
+      CheckpointCorruptError: it is damaged and no earlier state to replay from is usable.
+    """
+    ckpt = self._checkpointer(run)
+    try:
+      like = self._abstract_state(run)
+      try:
+        if step not in ckpt.steps():
+          raise checkpoint_lib.CheckpointCorruptError(
+              f"{run.directory} step {step}: the checkpoint is missing")
+        return ckpt.restore(step, like)
+      except checkpoint_lib.CheckpointMismatchError:
+        raise
+      except checkpoint_lib.CheckpointCorruptError as e:
+        log.warning("WARNING: %s. Rebuilding it by replaying %s up to step %d (training is "
+                    "deterministic, so the replay is exact).", e, run.name, step)
+        return self._replay(run, ckpt, step, like)
+    finally:
+      ckpt.close()
+
+  def _replay(self, run: Run, ckpt: checkpoint_lib.Checkpointer, step: int, like):
+    """Retrains ``run`` from its newest good state before ``step`` up to ``step`` and saves it."""
+    expected = None
+    if step in ckpt.steps():
+      try:
+        expected = ckpt.restore_meta(step).get("fingerprint")
+      except Exception:  # pylint: disable=broad-except
+        expected = None
+      ckpt.quarantine(step)
+    state = meta = None
+    for earlier in reversed([s for s in ckpt.steps() if s < step]):
+      try:
+        state, meta = ckpt.restore(earlier, like)
+        break
+      except checkpoint_lib.CheckpointMismatchError:
+        raise
+      except checkpoint_lib.CheckpointCorruptError as e:
+        log.warning("WARNING: %s — trying an earlier one.", e)
+    if state is None:
+      state = _place(run.init_state(), self._replicated)
+      if int(state.step) > step:
+        raise checkpoint_lib.CheckpointCorruptError(
+            f"{run.directory} step {step}: damaged, and no earlier state of {run.name} to rebuild "
+            "it from.")
+      meta = {"run": run.name, "history": [], "steps_trained": 0, "wall_time": 0.0,
+              "start_step": int(state.step), "finished": False}
+    start = int(state.step)
+    mask = parallel.replicate(run.mask, self.mesh)
+    step_fn = self.train_step_for(run)
+    augment_key = jax.random.key(run.augment_seed)
+    teacher = run.teacher
+    started = time.time()
+    for at in range(start, step):
+      raw_batch = parallel.global_batch(self._train_batch(at, run), self.mesh)
+      if run.teacher_logits_table is not None:
+        teacher = self._cached_teacher_logits(at, run)
+      state, _ = step_fn(state, mask, raw_batch, teacher, augment_key)
+    meta = dict(meta, steps_trained=meta.get("steps_trained", 0) + step - start, finished=False,
+                history=[h for h in meta.get("history", []) if h["step"] <= step])
+    meta.pop("fingerprint", None)
+    ckpt.save(step, state, meta)
+    got = checkpoint_lib.fingerprint(state)
+    if expected is not None and expected != got:
+      log.warning("WARNING: the replayed %s step %d differs from the damaged checkpoint's "
+                  "fingerprint (%s vs %s): was it written by another kdt or device count?",
+                  run.name, step, got, expected)
+    log.warning("WARNING: rebuilt %s step %d by replaying steps %d..%d (%.1f s)%s.", run.name, step,
+                start, step, time.time() - started,
+                "; it matches the fingerprint saved with the damaged copy" if expected == got else "")
+    return state, dict(meta, fingerprint=got)
+
   def _train(self, run: Run, ckpt: checkpoint_lib.Checkpointer) -> RunResult:
+    with timing.timed("train_steps"):  # exclusive: data, eval, checkpoints, compile are nested
+      return self._train_timed(run, ckpt)
+
+  def _train_timed(self, run: Run, ckpt: checkpoint_lib.Checkpointer) -> RunResult:
     s = self.settings
-    restored = ckpt.restore_latest(self._abstract_state(run))
+    with timing.timed("checkpoints"):
+      restored = ckpt.restore_latest(self._abstract_state(run))
     if restored is not None:
       latest, state, meta = restored
       if meta.get("finished"):
         log.info("[%s] already finished at step %d (%s); not retraining.", run.name, latest,
                      _format_eval(meta["history"][-1]))
         return RunResult(state, meta)
-      log.info("[%s] resuming from step %d of %d.", run.name, latest, run.end_step)
+      log.info("resuming %s from step %d of %d.", run.name, latest, run.end_step)
     else:
       state = _place(run.init_state(), self._replicated)
       meta = {"run": run.name, "history": [], "steps_trained": 0, "wall_time": 0.0,
               "start_step": int(state.step), "finished": False}
       if int(state.step) in run.pinned_steps:  # e.g. theta_0; other starts are rebuilt on resume
-        ckpt.save(int(state.step), state, meta)
+        with timing.timed("checkpoints"):
+          ckpt.save(int(state.step), state, meta)
 
     mask = parallel.replicate(run.mask, self.mesh)
     teacher = run.teacher
@@ -288,10 +463,10 @@ class Trainer:
     step = int(state.step)
     pending: list[tuple[int, dict]] = []
     wall_start, meta_wall = time.time(), meta["wall_time"]
-    window_start, window_steps = time.time(), 0
+    window_start, window_steps, window_excluded = time.time(), 0, 0.0
 
     def flush_metrics():
-      nonlocal window_start, window_steps
+      nonlocal window_start, window_steps, window_excluded
       if not pending:
         return
       fetched = jax.device_get([m for _, m in pending])
@@ -303,31 +478,59 @@ class Trainer:
       last_step, last = pending[-1][0], fetched[-1]
       mean = {k: float(np.mean([f[k] for f in fetched])) for k in ("loss", "accuracy")}
       mean["learning_rate"] = float(last["learning_rate"])
-      elapsed = time.time() - window_start
-      images_per_s = window_steps * s.batch_size / max(elapsed, 1e-9)
+      # Training time only: evaluations and checkpoint writes in this window are left out.
+      elapsed = max(time.time() - window_start - window_excluded, 1e-9)
+      images_per_s = window_steps * s.batch_size / elapsed
       remaining = run.end_step - (last_step + 1)
       eta = remaining * elapsed / max(window_steps, 1)
-      log.info("[%s] step %d/%d  loss %.4f  acc %.3f  lr %.4g  %.0f img/s  ETA %s",
-                   run.name, last_step + 1, run.end_step, mean["loss"], mean["accuracy"],
-                   mean["learning_rate"], images_per_s, _format_seconds(eta))
+      log.info("[%s] step %d/%d  train loss %.4f  train acc %.3f  lr %.4g  %.0f img/s  ETA %s",
+               run.name, last_step + 1, run.end_step, mean["loss"], mean["accuracy"],
+               mean["learning_rate"], images_per_s, _format_seconds(eta))
       if writer:
         writer.write_scalars(last_step + 1, {f"train/{k}": v for k, v in mean.items()} |
                              {"train/images_per_second": images_per_s})
+      if self.progress is not None:
+        self.progress(Progress(run=run.name, step=last_step + 1, start_step=meta["start_step"],
+                               end_step=run.end_step, seconds_per_step=elapsed / max(window_steps, 1),
+                               train_loss=mean["loss"], train_accuracy=mean["accuracy"]))
       pending.clear()
-      window_start, window_steps = time.time(), 0
+      window_start, window_steps, window_excluded = time.time(), 0, 0.0
+
+    def excluded(category, fn, *args, **kwargs):
+      """Runs ``fn`` with its wall time kept out of the current img/s window (and charged to the
+      :mod:`kdt.timing` ``category``)."""
+      nonlocal window_excluded
+      started = time.time()
+      try:
+        with timing.timed(category):
+          return fn(*args, **kwargs)
+      finally:
+        window_excluded += time.time() - started
 
     def save(at_step: int, finished: bool = False):
       flush_metrics()
       meta["wall_time"] = meta_wall + time.time() - wall_start
       meta["finished"] = finished
-      ckpt.save(at_step, state, meta)
+      excluded("checkpoints", ckpt.save, at_step, state, meta)
 
+    first_step = step
     while step < run.end_step:
-      local = self._train_batch(step, run)
-      raw_batch = parallel.global_batch(local, self.mesh)
-      if run.teacher_logits_table is not None:
-        teacher = self._cached_teacher_logits(step, run)
-      state, metrics = step_fn(state, mask, raw_batch, teacher, augment_key)
+      if _STOP_REQUESTED.is_set():
+        if step > first_step:  # a state this process trained: keep it
+          save(step)
+        raise _stop_error(run.name, step, run.directory)
+      with timing.timed("data"):
+        local = self._train_batch(step, run)
+        raw_batch = parallel.global_batch(local, self.mesh)
+        if run.teacher_logits_table is not None:
+          teacher = self._cached_teacher_logits(step, run)
+      if step_fn in self._compiled:
+        state, metrics = step_fn(state, mask, raw_batch, teacher, augment_key)
+      else:  # the first call of a variant compiles it
+        with timing.timed("compile"):
+          state, metrics = jax.block_until_ready(step_fn(state, mask, raw_batch, teacher,
+                                                         augment_key))
+        self._compiled.add(step_fn)
       pending.append((step, metrics))
       faults.maybe_kill("step", run.name)
       step += 1
@@ -337,17 +540,14 @@ class Trainer:
         flush_metrics()
       if s.eval_every_steps and step % s.eval_every_steps == 0 and step < run.end_step:
         flush_metrics()
-        self._record_eval(run, state, mask, step, meta, writer)
+        excluded("eval", self._record_eval, run, state, mask, step, meta, writer)
       if step < run.end_step and ((s.checkpoint_every_steps and step % s.checkpoint_every_steps == 0)
                                   or step in run.pinned_steps):
         save(step)
-      if _STOP_REQUESTED.is_set() and step < run.end_step:
-        save(step)
-        raise PreemptedError(f"[{run.name}] stopped by SIGTERM at step {step}; checkpoint saved in "
-                             f"{run.directory}. Re-run the same command to continue.")
     flush_metrics()
     if not meta["history"] or meta["history"][-1]["step"] != step:
-      self._record_eval(run, state, mask, step, meta, writer)
+      with timing.timed("eval"):
+        self._record_eval(run, state, mask, step, meta, writer)
     save(step, finished=True)
     if writer:
       writer.flush()
@@ -399,7 +599,9 @@ def _place(tree: Any, sharding) -> Any:
 
 
 def _format_eval(result: dict) -> str:
-  return "  ".join(f"{k} {v:.4f}" for k, v in result.items() if k.endswith("accuracy"))
+  """``test acc 0.9806  val acc 0.9750``: held-out accuracies, named by split."""
+  return "  ".join(f"{k.removesuffix('_accuracy')} acc {v:.4f}" for k, v in result.items()
+                   if k.endswith("accuracy"))
 
 
 def _format_seconds(seconds: float) -> str:
