@@ -39,6 +39,7 @@ _LIST_FIELDS = flags.DEFINE_bool(
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO, "configs")
 _HELP_ARGS = ("-h", "-help", "--help", "--helpshort", "-?")
+_RENAMED_FIELDS = {"imp.scope": "imp.allocation"}  # old name -> new name
 _GROUP_OF_EXPERIMENT = {group: name  # the first experiment with each group
                         for name, groups in reversed(config_lib.EXPERIMENT_GROUPS.items())
                         for group in groups}
@@ -233,6 +234,9 @@ def _explain_parse_error(e: BaseException, argv: Sequence[str]) -> str:
       hint = (f"; the group config.{key} exists only in configs of experiment {experiment!r}: start "
               f"from one of those, or from config_lib.base_config({experiment!r})")
     where = arg.split("=", 1)[0] if arg else f"--config {path}"
+    renamed = _RENAMED_FIELDS.get(where[len("--config."):]) if where.startswith("--config.") else None
+    if renamed:
+      hint = f" (renamed: use --config.{renamed})"
     return f"{where}: no such config field {key!r}{hint}"
   message = str(e)
   if "Traceback (most recent call last)" in message:  # a config file whose get_config raised

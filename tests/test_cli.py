@@ -44,6 +44,12 @@ def test_misspelt_override_is_one_line_with_did_you_mean(tmp_path):
   assert not os.path.exists(tmp_path / "w")
 
 
+def test_renamed_field_names_its_new_name(tmp_path):
+  line = _one_error_line(_kdt("--config", QUICKSTART, "--workdir", str(tmp_path / "w"),
+                              "--config.imp.scope=global"))
+  assert "use --config.imp.allocation" in line
+
+
 def test_missing_config_file_lists_nearest_configs(tmp_path):
   line = _one_error_line(_kdt("--config", "configs/quickstrat.py", "--workdir", str(tmp_path)))
   assert "configs/quickstrat.py: no such file" in line
