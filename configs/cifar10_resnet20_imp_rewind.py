@@ -27,6 +27,7 @@ def get_config():
   config.imp.control_recipe = "rewind"
   config.imp.num_rounds = 10
   config.imp.pruning_rate = 0.2
+  config.imp.count_convention = "open_lth"  # open_lth sparse_global: counts + 1, head counted
   config.imp.selector = "conv_dense"
   config.imp.rewind_step = 500
   return config

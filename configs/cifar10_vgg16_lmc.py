@@ -51,6 +51,7 @@ def get_config():
   config.schedule.milestones = tuple(config_lib.epochs_to_steps(e, CIFAR_TRAIN, 128) for e in (80, 120))
   config.imp.num_rounds = 19
   config.imp.pruning_rate = 0.2
+  config.imp.count_convention = "open_lth"  # open_lth sparse_global: counts + 1, head counted
   config.imp.scope = "global"
   config.imp.selector = "conv_dense_no_head"
   config.lmc.rewind_steps = (0, 100, 250, 500, 1000, 2000, 5000)

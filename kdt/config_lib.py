@@ -117,6 +117,8 @@ def imp_fields() -> ml_collections.ConfigDict:
   imp.recipes = ("lth", "rewind", "kd", "random_reinit")
   imp.num_rounds = 5
   imp.pruning_rate = 0.2              # fraction of the remaining weights removed per round
+  imp.count_convention = "exact"      # "exact": ceil(rate*R) of R prunable; "open_lth": its
+                                      # sparse_global arithmetic (pruning.iterative_kept_count)
   imp.pruning_schedule = "iterative"  # or "oneshot": every round prunes the dense weights
   imp.densities = ()                  # oneshot only: explicit densities; () = (1-rate)^r
   imp.score = "magnitude"             # or "random"
@@ -433,6 +435,12 @@ def _validate_imp(cfg: dict, info) -> None:
   _range(cfg, "imp.num_rounds", 1)
   _range(cfg, "imp.pruning_rate", 0.0, 1.0, low_open=True, high_open=True)
   _choice(cfg, "imp.pruning_schedule", ("iterative", "oneshot"))
+  _choice(cfg, "imp.count_convention", ("exact", "open_lth"))
+  if imp["count_convention"] == "open_lth" and (imp["scope"], imp["pruning_schedule"]) != (
+      "global", "iterative"):
+    raise ConfigError("imp.count_convention", "open_lth",
+                      "'exact' unless imp.scope='global' and imp.pruning_schedule='iterative' "
+                      "(open_lth's sparse_global rule)")
   densities = list(imp["densities"])
   if densities:
     if imp["pruning_schedule"] != "oneshot":

@@ -186,7 +186,7 @@ def setup_logging() -> None:
 # IMP results: table, files, plots.
 
 RESULT_COLUMNS = ("round", "recipe", "density", "nominal_density", "weights_kept", "weights_prunable",
-                  "test_accuracy", "best_test_accuracy", "val_accuracy", "best_val_accuracy",
+                  "density_all_weights", "test_accuracy", "best_test_accuracy", "val_accuracy", "best_val_accuracy",
                   "test_accuracy_at_best_val", "start_step", "end_step", "steps_trained", "wall_time")
 
 

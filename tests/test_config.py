@@ -109,6 +109,15 @@ BAD += [
 ]
 
 
+# Issue 14 (fidelity to the peers' protocols).
+BAD += [
+    ("unknown count convention", lambda c: c.imp.__setitem__("count_convention", "openlth"),
+     "imp.count_convention"),
+    ("open_lth count with layerwise scope", lambda c: (c.imp.__setitem__("scope", "layerwise"),
+                                                       c.imp.__setitem__("count_convention", "open_lth")),
+     "imp.count_convention"),
+]
+
 @pytest.mark.parametrize("name,mutate,field", BAD, ids=[b[0] for b in BAD])
 def test_bad_config_names_the_field(name, mutate, field):
   # Mutate the plain dict, as a hand-written config file could (ConfigDict itself type-checks).
@@ -148,3 +157,13 @@ def test_cache_teacher_logits_needs_unaugmented_data():
   config.imp.cache_teacher_logits = True
   with pytest.raises(config_lib.ConfigError, match="imp.cache_teacher_logits"):
     config_lib.validate(config, device_count=1)
+
+
+OPEN_LTH_IMP_CONFIGS = ("mnist_lenet_300_100_lth.py", "cifar10_resnet20_imp_rewind.py",
+                        "cifar10_resnet20_lmc.py", "cifar10_vgg16_lmc.py")
+
+
+@pytest.mark.parametrize("name", OPEN_LTH_IMP_CONFIGS)
+def test_open_lth_configs_count_as_open_lth(name):
+  assert load(os.path.join(REPO, "configs", name)).imp.count_convention == "open_lth"
+  assert _quickstart().imp.count_convention == "exact"  # quickstart results stay bit-identical

@@ -145,6 +145,9 @@ class IMPDriver:
     self.prunable = pruning.prunable_leaves(shapes, self.imp.selector, prune_stem=self.imp.prune_stem)
     self.num_prunable = sum(int(np.prod(x.shape)) for x, p in
                             zip(jax.tree.leaves(shapes), jax.tree.leaves(self.prunable)) if p)
+    all_weights = pruning.prunable_leaves(shapes, "conv_dense", prune_head=True)  # conv + dense
+    self.num_ignored = sum(int(np.prod(x.shape)) for x, p in zip(
+        jax.tree.leaves(shapes), jax.tree.leaves(all_weights)) if p) - self.num_prunable
     self.densities = round_densities(self.imp)
     self.recipes = [recipes_lib.RECIPES[n] for n in self.imp.recipes]
     # Own-lineage recipes first: the controls need the control recipe's mask of the same round.
@@ -162,7 +165,8 @@ class IMPDriver:
     scores = (pruning.magnitude(params) if imp.score == "magnitude"
               else pruning.random_scores(key, params))
     if imp.scope == "global":
-      return pruning.prune_global(scores, mask, self.prunable, float(imp.pruning_rate))
+      return pruning.prune_global(scores, mask, self.prunable, float(imp.pruning_rate),
+                                  convention=imp.count_convention, ignored=self.num_ignored)
     return pruning.prune_layerwise(scores, mask, self.prunable, float(imp.pruning_rate))
 
   def _oneshot_mask(self, params, density: float, key):
@@ -244,7 +248,9 @@ class IMPDriver:
       density = self.densities[round_index - 1]
       return int(pruning.ceil_count(density, self.num_prunable))
     if self.imp.scope == "global":
-      return pruning.iterative_counts(self.num_prunable, self.imp.pruning_rate, round_index)[-1]
+      return pruning.iterative_counts(self.num_prunable, self.imp.pruning_rate, round_index,
+                                      convention=self.imp.count_convention,
+                                      ignored=self.num_ignored)[-1]
     return None  # layer-wise: checked per layer by the pruning tests, total varies with rounding
 
   def _check_mask(self, round_index: int, recipe: str, mask) -> None:
@@ -353,6 +359,7 @@ class IMPDriver:
         "round": round_index, "recipe": recipe,
         "density": summary["kept"] / summary["total"], "nominal_density": nominal or 1.0,
         "weights_kept": summary["kept"], "weights_prunable": summary["total"],
+        "density_all_weights": (summary["kept"] + self.num_ignored) / (summary["total"] + self.num_ignored),
         "test_accuracy": history[-1]["test_accuracy"],
         "best_test_accuracy": max(h["test_accuracy"] for h in history),
         "start_step": result.meta["start_step"], "end_step": int(result.state.step),
