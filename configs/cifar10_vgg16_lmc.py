@@ -37,6 +37,7 @@ CIFAR_TRAIN = 50_000
 def get_config():
   config = config_lib.base_config("lmc")
   config.model.name = "vgg16"
+  config.model.init_scheme = "open_lth"  # kaiming_normal fan-in, PyTorch biases, BN gamma ~ U(0, 1)
   config.data.name = "cifar10"
   config.train.batch_size = 128
   config.train.num_steps = config_lib.epochs_to_steps(160, CIFAR_TRAIN, 128)

@@ -49,6 +49,7 @@ def base_config(experiment: str = "train") -> ml_collections.ConfigDict:
   c.model.name = "lenet_300_100"
   c.model.activation = "relu"
   c.model.compute_dtype = "float32"
+  c.model.init_scheme = "kdt"         # or "open_lth", "kd_ticket" (kdt.models.init_schemes)
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "digits"
@@ -339,6 +340,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
   _choice(cfg, "model.name", models_lib.model_names())
   _choice(cfg, "model.activation", sorted(models_lib.ACTIVATIONS))
   _choice(cfg, "model.compute_dtype", DTYPES)
+  _choice(cfg, "model.init_scheme", models_lib.INIT_SCHEMES)
   _choice(cfg, "data.name", data_lib.dataset_names())
   _choice(cfg, "data.augment", AUGMENTATIONS)
   info = data_lib.dataset_info(cfg["data"]["name"])
@@ -351,6 +353,12 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
   if problem:
     raise ConfigError("model.name", cfg["model"]["name"],
                       f"a model that accepts {cfg['data']['name']} inputs {info.input_shape}: {problem}")
+  problem = models_lib.init_scheme_problem(
+      cfg["model"]["name"], cfg["model"]["init_scheme"],
+      cifar_stem=max(info.input_shape[:2]) <= models_lib.CIFAR_STEM_MAX_SIDE)
+  if problem:
+    raise ConfigError("model.init_scheme", cfg["model"]["init_scheme"],
+                      f"one of {list(models_lib.INIT_SCHEMES)} that fits the model: {problem}")
 
   train = cfg["train"]
   _range(cfg, "train.batch_size", 1)

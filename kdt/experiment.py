@@ -118,7 +118,7 @@ def build_model(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo):
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.compute_dtype]
   return models_lib.create_model(config.model.name, num_classes=info.num_classes,
                                  input_shape=info.input_shape, activation=config.model.activation,
-                                 dtype=dtype)
+                                 dtype=dtype, init_scheme=config.model.init_scheme)
 
 
 def load_data(config: ml_collections.ConfigDict):

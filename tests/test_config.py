@@ -116,6 +116,9 @@ BAD += [
     ("open_lth count with layerwise scope", lambda c: (c.imp.__setitem__("scope", "layerwise"),
                                                        c.imp.__setitem__("count_convention", "open_lth")),
      "imp.count_convention"),
+    ("unknown init scheme", lambda c: c.model.__setitem__("init_scheme", "pytorch"), "model.init_scheme"),
+    ("kd_ticket init for lenet", lambda c: c.model.__setitem__("init_scheme", "kd_ticket"),
+     "model.init_scheme"),
 ]
 
 @pytest.mark.parametrize("name,mutate,field", BAD, ids=[b[0] for b in BAD])
@@ -157,6 +160,17 @@ def test_cache_teacher_logits_needs_unaugmented_data():
   config.imp.cache_teacher_logits = True
   with pytest.raises(config_lib.ConfigError, match="imp.cache_teacher_logits"):
     config_lib.validate(config, device_count=1)
+
+
+OPEN_LTH_CONFIGS = ("mnist_lenet_300_100.py", "cifar10_resnet20.py", "cifar10_resnet20_imp_rewind.py",
+                    "cifar10_resnet20_lmc.py", "cifar10_vgg16.py", "cifar10_vgg16_lmc.py",
+                    "imagenet_resnet50.py")
+
+
+@pytest.mark.parametrize("name", OPEN_LTH_CONFIGS)
+def test_open_lth_configs_use_open_lth_init(name):
+  assert load(os.path.join(REPO, "configs", name)).model.init_scheme == "open_lth"
+  assert _quickstart().model.init_scheme == "kdt"
 
 
 OPEN_LTH_IMP_CONFIGS = ("mnist_lenet_300_100_lth.py", "cifar10_resnet20_imp_rewind.py",
