@@ -133,7 +133,8 @@ class IMPDriver:
     self.model = experiment.build_model(config, self.dataset.info)
     # imp.mask_basis: the network parametrised by the coefficients that the masks prune.
     self.model = basis_lib.wrap_model(self.model, self.imp.mask_basis, selector=self.imp.selector,
-                                      prune_stem=self.imp.prune_stem)
+                                      prune_stem=self.imp.prune_stem,
+                                      image_shape=self.dataset.info.input_shape)
     self.trainer = experiment.make_trainer(config, workdir, self.dataset, self.model, self.mesh)
     # ToST re-training tweaks (config.tost): the re-training network and its own trainer.
     self.tweaks = tweaks_lib.RetrainTweaks(config, self.model, self.dataset.info.input_shape)
