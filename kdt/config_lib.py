@@ -57,6 +57,8 @@ def base_config(experiment: str = "train") -> ml_collections.ConfigDict:
   c.data.tfds_dir = ""      # TFDS data_dir; "" = TFDS default (~/tensorflow_datasets)
   c.data.val_size = 0       # first val_size training images become the validation set
   c.data.augment = "default"
+  c.data.mean = ()          # per-channel input-normalisation means; () = the dataset's own
+  c.data.std = ()           # per-channel standard deviations; () = the dataset's own
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128
@@ -349,6 +351,13 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
                       "'default', 'none', 'flip' or 'crop_flip' for the in-memory dataset "
                       f"{info.name!r} (inception crops need a streaming dataset)")
   _range(cfg, "data.val_size", 0, info.num_train - 1)
+  for field in ("mean", "std"):
+    try:
+      data_lib.with_normalization(info, **{field: tuple(cfg["data"][field])})
+    except (ValueError, TypeError) as e:
+      raise ConfigError(f"data.{field}", tuple(cfg["data"][field]),
+                        f"() for {info.name!r}'s own statistics, or 1 or {info.input_shape[-1]} "
+                        f"finite numbers{' > 0' if field == 'std' else ''} ({e})") from None
   problem = models_lib.check_model_input(cfg["model"]["name"], info.input_shape)
   if problem:
     raise ConfigError("model.name", cfg["model"]["name"],

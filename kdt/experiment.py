@@ -126,7 +126,7 @@ def load_data(config: ml_collections.ConfigDict):
   return data_lib.load_dataset(
       config.data.name, data_dir=config.data.dir, tfds_data_dir=config.data.tfds_dir,
       val_size=config.data.val_size, process_index=jax.process_index(),
-      process_count=jax.process_count())
+      process_count=jax.process_count(), mean=tuple(config.data.mean), std=tuple(config.data.std))
 
 
 def optimizer_spec(config) -> loop.OptimizerSpec:

@@ -119,6 +119,9 @@ BAD += [
     ("unknown init scheme", lambda c: c.model.__setitem__("init_scheme", "pytorch"), "model.init_scheme"),
     ("kd_ticket init for lenet", lambda c: c.model.__setitem__("init_scheme", "kd_ticket"),
      "model.init_scheme"),
+    ("three means for grey digits", lambda c: c.data.__setitem__("mean", (0.1, 0.2, 0.3)), "data.mean"),
+    ("zero std", lambda c: c.data.__setitem__("std", (0.0,)), "data.std"),
+    ("std not a number", lambda c: c.data.__setitem__("std", ("wide",)), "data.std"),
 ]
 
 @pytest.mark.parametrize("name,mutate,field", BAD, ids=[b[0] for b in BAD])
@@ -181,3 +184,12 @@ OPEN_LTH_IMP_CONFIGS = ("mnist_lenet_300_100_lth.py", "cifar10_resnet20_imp_rewi
 def test_open_lth_configs_count_as_open_lth(name):
   assert load(os.path.join(REPO, "configs", name)).imp.count_convention == "open_lth"
   assert _quickstart().imp.count_convention == "exact"  # quickstart results stay bit-identical
+
+
+def test_normalization_fields_reach_the_dataset():
+  config = _quickstart()
+  config.data.mean, config.data.std = (0.5,), (0.25,)
+  config_lib.validate(config, device_count=1)
+  from kdt import experiment
+  info = experiment.load_data(config).info
+  assert (info.mean, info.std) == ((0.5,), (0.25,))
