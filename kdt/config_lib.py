@@ -65,6 +65,8 @@ def base_config(experiment: str = "train") -> ml_collections.ConfigDict:
   c.train.num_steps = 1000
   c.train.eval_batch_size = 500
   c.train.eval_every_steps = 0        # 0 = evaluate only at the end
+  c.train.eval_every_epochs = 0.0     # > 0: evaluate every this many epochs (instead of steps)
+  c.train.eval_at_start = False       # also evaluate at the run's first step (open_lth "epoch 0")
   c.train.log_every_steps = 100
   c.train.checkpoint_every_steps = 500
   c.train.keep_checkpoints = 2        # latest N kept besides pinned steps
@@ -376,6 +378,10 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
   for field in ("eval_every_steps", "log_every_steps", "checkpoint_every_steps"):
     _range(cfg, f"train.{field}", 0)
   _range(cfg, "train.keep_checkpoints", 1)
+  _range(cfg, "train.eval_every_epochs", 0.0)
+  if train["eval_every_epochs"] and train["eval_every_steps"]:
+    raise ConfigError("train.eval_every_epochs", train["eval_every_epochs"],
+                      "0 when train.eval_every_steps > 0 (give the evaluation cadence one way)")
   _range(cfg, "parallel.host_devices", 0)
   num_train = info.num_train - cfg["data"]["val_size"]
   if train["batch_size"] > num_train:

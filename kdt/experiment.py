@@ -158,7 +158,9 @@ def make_trainer(config, workdir: str, dataset, model, mesh, teacher_model=None)
   t = config.train
   settings = loop.LoopSettings(
       batch_size=t.batch_size, eval_batch_size=t.eval_batch_size, log_every_steps=t.log_every_steps,
-      eval_every_steps=t.eval_every_steps, checkpoint_every_steps=t.checkpoint_every_steps,
+      eval_every_steps=t.eval_every_steps or data_lib.order.every_steps(
+          t.eval_every_epochs, len(dataset.train), t.batch_size),
+      eval_at_start=t.eval_at_start, checkpoint_every_steps=t.checkpoint_every_steps,
       keep_checkpoints=t.keep_checkpoints)
   tb_root = os.path.join(workdir, "tensorboard")
   just_logging = jax.process_index() > 0

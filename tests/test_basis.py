@@ -195,6 +195,11 @@ def test_dct_imp_prunes_coefficients(tmp_path):
   # The reported density counts kept coefficients, with IMP's exact schedule.
   assert [r["weights_kept"] for r in rows] == [total, *pruning.iterative_counts(total, 0.2, 2)]
   assert all(r["test_accuracy"] > 0.5 for r in rows)
+  # Both densities: over the prunable weights and over every weight matrix (the 100x10 head too).
+  assert [r["density_all_weights"] for r in rows] == [
+      (r["weights_kept"] + 1000) / (total + 1000) for r in rows]
+  # The whole evaluation history of every run is in its row.
+  assert all(r["eval_history"][-1]["test_accuracy"] == r["test_accuracy"] for r in rows)
   # The saved mask is a mask of coefficients: its zero coefficients are zero in the trained
   # state, while the corresponding weights w = B c are generally not.
   mask = driver.masks.load_or_compute(imp_lib.round_dir(driver.workdir, 2, "lth"),

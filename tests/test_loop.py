@@ -152,3 +152,19 @@ def test_a_second_run_of_the_same_variant_compiles_nothing(tmp_path):
   assert len(compiles) == before, "a second run of the same variant compiled again"
   assert result.meta["steps_trained"] == 10
   assert sorted(os.listdir(tmp_path / "second")) == ["10", "12"]  # no step-2 start checkpoint
+
+
+def test_eval_every_epochs_and_at_start(tmp_path):
+  """train.eval_every_epochs: one evaluation per epoch (44 steps of 32 on digits' 1,437 images),
+  plus train.eval_at_start's evaluation of the starting weights; the whole history is kept."""
+  config = _config(num_steps=90)
+  config.train.eval_every_steps = 0
+  config.train.eval_every_epochs = 1.0
+  config.train.eval_at_start = True
+  experiment.config_lib.validate(config, device_count=1)
+  _, result = _train(config, str(tmp_path))
+  assert [h["step"] for h in result.meta["history"]] == [0, 44, 88, 90]
+  assert all(0.0 <= h["test_accuracy"] <= 1.0 for h in result.meta["history"])
+  config.train.eval_every_steps = 15
+  with pytest.raises(experiment.config_lib.ConfigError, match="train.eval_every_epochs"):
+    experiment.config_lib.validate(config, device_count=1)

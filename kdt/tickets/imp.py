@@ -365,6 +365,7 @@ class IMPDriver:
         "best_test_accuracy": max(h["test_accuracy"] for h in history),
         "start_step": result.meta["start_step"], "end_step": int(result.state.step),
         "steps_trained": result.meta["steps_trained"], "wall_time": result.meta["wall_time"],
+        "eval_history": history,
     }
     if "val_accuracy" in history[-1]:
       best = max(history, key=lambda h: h["val_accuracy"])

@@ -141,6 +141,7 @@ class LoopSettings:
   eval_batch_size: int = 500
   log_every_steps: int = 100
   eval_every_steps: int = 0
+  eval_at_start: bool = False  # evaluate before the first step too (open_lth's "epoch 0")
   checkpoint_every_steps: int = 500
   keep_checkpoints: int = 2
 
@@ -343,6 +344,8 @@ class Trainer:
       meta["finished"] = finished
       ckpt.save(at_step, state, meta)
 
+    if s.eval_at_start and not meta["history"]:
+      self._record_eval(run, state, mask, step, meta, writer)
     while step < run.end_step:
       local = self._train_batch(step, run)
       raw_batch = parallel.global_batch(local, self.mesh)
