@@ -52,8 +52,8 @@ def load_dataset(
         :class:`Dataset` (in memory) or, for ``info.streaming`` datasets, :class:`StreamingDataset`.
 
     Raises:
-        ValueError: unknown name, bad ``val_size``, ``mean``/``std`` or process arguments, ``data_dir``
-            for imagenet2012.
+        ValueError: unknown name, bad ``val_size``, ``mean``/``std`` or process arguments,
+            ``data_dir`` for imagenet2012.
         DatasetUnavailableError: data missing, unprepared, unreadable or corrupt (fails fast, names the
             directories / files and how to get the data).
 

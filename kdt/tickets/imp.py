@@ -360,7 +360,8 @@ class IMPDriver:
         "round": round_index, "recipe": recipe,
         "density": summary["kept"] / summary["total"], "nominal_density": nominal or 1.0,
         "weights_kept": summary["kept"], "weights_prunable": summary["total"],
-        "density_all_weights": (summary["kept"] + self.num_ignored) / (summary["total"] + self.num_ignored),
+        "density_all_weights":  # open_lth's density: over every conv / dense weight matrix
+            (summary["kept"] + self.num_ignored) / (summary["total"] + self.num_ignored),
         "test_accuracy": history[-1]["test_accuracy"],
         "best_test_accuracy": max(h["test_accuracy"] for h in history),
         "start_step": result.meta["start_step"], "end_step": int(result.state.step),
