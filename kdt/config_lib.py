@@ -116,7 +116,10 @@ def imp_fields() -> ml_collections.ConfigDict:
   """The ``config.imp`` group: iterative magnitude pruning and the re-training recipes.
 
   Defaults follow open_lth's ``sparse_global`` IMP (20 % of the remaining weights per round,
-  global magnitude, conv + dense kernels) with the dense run's final model as the KD teacher.
+  global magnitude, conv + dense kernels) with the dense run's final model as the KD teacher,
+  except the count: ``count_convention="exact"`` removes exactly ceil(rate x remaining prunable);
+  ``"open_lth"`` is open_lth's arithmetic (its count includes the ignored layers, plus one; see
+  ``kdt.pruning.iterative_kept_count``), which every config reproducing an open_lth setting uses.
   """
   imp = ml_collections.ConfigDict()
   imp.recipes = ("lth", "rewind", "kd", "random_reinit")
