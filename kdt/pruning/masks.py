@@ -408,7 +408,7 @@ def any_pruned_nonzero(params: Any, mask: Any) -> jax.Array:
 
 def prune_global(scores: Any, mask: Any, prunable: Any, fraction: Any, *,
                  convention: str = "exact", ignored: Any = 0) -> Any:
-  """Prunes a fraction of the remaining prunable weights globally (open_lth).
+  """Prunes a fraction of the remaining prunable weights globally (exact or open_lth count).
 
   With :math:`R` the number of currently unpruned prunable weights, keeps the
   :func:`iterative_kept_count` of them with the highest scores across all
