@@ -29,6 +29,7 @@ from kdt import config_lib
 def get_config():
   config = config_lib.base_config("imp")
   config.model.name = "oresnet110"
+  config.model.init_scheme = "kd_ticket"  # the KD-ticket code's conv / BN / head init
   config.data.name = "cifar10"
   config_lib.kd_ticket_cifar_recipe(config)
   config.imp.recipes = ("lth", "kd")

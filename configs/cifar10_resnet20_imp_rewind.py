@@ -21,12 +21,14 @@ from kdt import config_lib
 def get_config():
   config = config_lib.base_config("imp")
   config.model.name = "resnet20"
+  config.model.init_scheme = "open_lth"  # kaiming_normal fan-in, PyTorch biases, BN gamma ~ U(0, 1)
   config.data.name = "cifar10"
   config_lib.open_lth_cifar_recipe(config)
   config.imp.recipes = ("rewind", "lth", "random_reinit")
   config.imp.control_recipe = "rewind"
   config.imp.num_rounds = 10
   config.imp.pruning_rate = 0.2
+  config.imp.count_convention = "open_lth"  # open_lth sparse_global: counts + 1, head counted
   config.imp.selector = "conv_dense"
   config.imp.rewind_step = 500
   return config

@@ -16,6 +16,7 @@ from kdt import config_lib
 def get_config():
   config = config_lib.base_config("train")
   config.model.name = "vgg16"
+  config.model.init_scheme = "open_lth"  # kaiming_normal fan-in, PyTorch biases, BN gamma ~ U(0, 1)
   config.data.name = "cifar10"
   config_lib.open_lth_cifar_recipe(config)
   return config

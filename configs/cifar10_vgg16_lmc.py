@@ -37,6 +37,7 @@ CIFAR_TRAIN = 50_000
 def get_config():
   config = config_lib.base_config("lmc")
   config.model.name = "vgg16"
+  config.model.init_scheme = "open_lth"  # kaiming_normal fan-in, PyTorch biases, BN gamma ~ U(0, 1)
   config.data.name = "cifar10"
   config.train.batch_size = 128
   config.train.num_steps = config_lib.epochs_to_steps(160, CIFAR_TRAIN, 128)
@@ -51,6 +52,7 @@ def get_config():
   config.schedule.milestones = tuple(config_lib.epochs_to_steps(e, CIFAR_TRAIN, 128) for e in (80, 120))
   config.imp.num_rounds = 19
   config.imp.pruning_rate = 0.2
+  config.imp.count_convention = "open_lth"  # open_lth sparse_global: counts + 1, head counted
   config.imp.allocation = "global"
   config.imp.selector = "conv_dense_no_head"
   config.lmc.rewind_steps = (0, 100, 250, 500, 1000, 2000, 5000)

@@ -19,6 +19,7 @@ IMAGENET_TRAIN = 1_281_167
 def get_config():
   config = config_lib.base_config("train")
   config.model.name = "resnet50"
+  config.model.init_scheme = "open_lth"  # kaiming_normal fan-in, PyTorch biases, BN gamma ~ U(0, 1)
   config.data.name = "imagenet2012"
   steps = lambda epochs: config_lib.epochs_to_steps(epochs, IMAGENET_TRAIN, 1024)  # noqa: E731
   config.train.batch_size = 1024

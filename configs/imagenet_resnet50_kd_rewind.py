@@ -26,6 +26,7 @@ IMAGENET_TRAIN, BATCH = 1_281_167, 1024
 def get_config():
   config = config_lib.base_config("imp")
   config.model.name = "resnet50"
+  config.model.init_scheme = "kd_ticket"  # the KD-ticket code's conv / BN / head init
   config.data.name = "imagenet2012"
   steps = lambda epochs: config_lib.epochs_to_steps(epochs, IMAGENET_TRAIN, BATCH)  # noqa: E731
   config.train.batch_size = BATCH

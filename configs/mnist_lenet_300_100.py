@@ -17,6 +17,7 @@ MNIST_TRAIN = 60_000
 def get_config():
   config = config_lib.base_config("train")
   config.model.name = "lenet_300_100"
+  config.model.init_scheme = "open_lth"  # kaiming_normal fan-in, PyTorch biases, BN gamma ~ U(0, 1)
   config.data.name = "mnist"
   config.train.batch_size = 128
   config.train.num_steps = config_lib.epochs_to_steps(40, MNIST_TRAIN, 128)

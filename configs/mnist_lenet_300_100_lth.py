@@ -35,6 +35,7 @@ def get_config():
   config.imp.recipes = ("lth", "random_reinit", "random_prune")
   config.imp.num_rounds = 15
   config.imp.pruning_rate = 0.2
+  config.imp.count_convention = "open_lth"  # open_lth sparse_global: counts + 1, head counted
   config.imp.selector = "conv_dense_no_head"
   config.imp.control_recipe = "lth"
   return config

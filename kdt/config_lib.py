@@ -61,6 +61,7 @@ def base_config(experiment: str = "train") -> ml_collections.ConfigDict:
   c.model.name = "lenet_300_100"
   c.model.activation = "relu"
   c.model.compute_dtype = "float32"
+  c.model.init_scheme = "kdt"         # or "open_lth", "kd_ticket" (kdt.models.init_schemes)
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "digits"
@@ -68,12 +69,16 @@ def base_config(experiment: str = "train") -> ml_collections.ConfigDict:
   c.data.tfds_dir = ""      # TFDS data_dir; "" = TFDS default (~/tensorflow_datasets)
   c.data.val_size = 0       # first val_size training images become the validation set
   c.data.augment = "default"
+  c.data.mean = ()          # per-channel input-normalisation means; () = the dataset's own
+  c.data.std = ()           # per-channel standard deviations; () = the dataset's own
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128
   c.train.num_steps = 1000
   c.train.eval_batch_size = 500
   c.train.eval_every_steps = 0        # 0 = evaluate only at the end
+  c.train.eval_every_epochs = 0.0     # > 0: evaluate every this many epochs (instead of steps)
+  c.train.eval_at_start = False       # also evaluate at the run's first step (open_lth "epoch 0")
   c.train.log_every_steps = 100
   c.train.checkpoint_every_steps = 500
   c.train.keep_checkpoints = 2        # latest N kept besides pinned steps
@@ -115,12 +120,17 @@ def imp_fields() -> ml_collections.ConfigDict:
   """The ``config.imp`` group: iterative magnitude pruning and the re-training recipes.
 
   Defaults follow open_lth's ``sparse_global`` IMP (20 % of the remaining weights per round,
-  global magnitude, conv + dense kernels) with the dense run's final model as the KD teacher.
+  global magnitude, conv + dense kernels) with the dense run's final model as the KD teacher,
+  except the count: ``count_convention="exact"`` removes exactly ceil(rate x remaining prunable);
+  ``"open_lth"`` is open_lth's arithmetic (its count includes the ignored layers, plus one; see
+  ``kdt.pruning.iterative_kept_count``), which every config reproducing an open_lth setting uses.
   """
   imp = ml_collections.ConfigDict()
   imp.recipes = ("lth", "rewind", "kd", "random_reinit")
   imp.num_rounds = 5
   imp.pruning_rate = 0.2              # fraction of the remaining weights removed per round
+  imp.count_convention = "exact"      # "exact": ceil(rate*R) of R prunable; "open_lth": its
+                                      # sparse_global arithmetic (pruning.iterative_kept_count)
   imp.pruning_schedule = "iterative"  # or "oneshot": every round prunes the dense weights
   imp.densities = ()                  # oneshot only: explicit densities; () = (1-rate)^r
   imp.score = "magnitude"             # kdt.pruning.SCORES: magnitude random snip grasp synflow taylor
@@ -394,6 +404,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
   _choice(cfg, "model.name", models_lib.model_names())
   _choice(cfg, "model.activation", sorted(models_lib.ACTIVATIONS))
   _choice(cfg, "model.compute_dtype", DTYPES)
+  _choice(cfg, "model.init_scheme", models_lib.INIT_SCHEMES)
   _choice(cfg, "data.name", data_lib.dataset_names())
   _choice(cfg, "data.augment", AUGMENTATIONS)
   info = data_lib.dataset_info(cfg["data"]["name"])
@@ -402,10 +413,23 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
                       "'default', 'none', 'flip' or 'crop_flip' for the in-memory dataset "
                       f"{info.name!r} (inception crops need a streaming dataset)")
   _range(cfg, "data.val_size", 0, info.num_train - 1)
+  for field in ("mean", "std"):
+    try:
+      data_lib.with_normalization(info, **{field: tuple(cfg["data"][field])})
+    except (ValueError, TypeError) as e:
+      raise ConfigError(f"data.{field}", tuple(cfg["data"][field]),
+                        f"() for {info.name!r}'s own statistics, or 1 or {info.input_shape[-1]} "
+                        f"finite numbers{' > 0' if field == 'std' else ''} ({e})") from None
   problem = models_lib.check_model_input(cfg["model"]["name"], info.input_shape)
   if problem:
     raise ConfigError("model.name", cfg["model"]["name"],
                       f"a model that accepts {cfg['data']['name']} inputs {info.input_shape}: {problem}")
+  problem = models_lib.init_scheme_problem(
+      cfg["model"]["name"], cfg["model"]["init_scheme"],
+      cifar_stem=max(info.input_shape[:2]) <= models_lib.CIFAR_STEM_MAX_SIDE)
+  if problem:
+    raise ConfigError("model.init_scheme", cfg["model"]["init_scheme"],
+                      f"one of {list(models_lib.INIT_SCHEMES)} that fits the model: {problem}")
 
   train = cfg["train"]
   _range(cfg, "train.batch_size", 1)
@@ -414,6 +438,10 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
   for field in ("eval_every_steps", "log_every_steps", "checkpoint_every_steps"):
     _range(cfg, f"train.{field}", 0)
   _range(cfg, "train.keep_checkpoints", 1)
+  _range(cfg, "train.eval_every_epochs", 0.0)
+  if train["eval_every_epochs"] and train["eval_every_steps"]:
+    raise ConfigError("train.eval_every_epochs", train["eval_every_epochs"],
+                      "0 when train.eval_every_steps > 0 (give the evaluation cadence one way)")
   _range(cfg, "parallel.host_devices", 0)
   num_train = info.num_train - cfg["data"]["val_size"]
   if train["batch_size"] > num_train:
@@ -483,6 +511,13 @@ def _validate_imp(cfg: dict, info) -> None:
   _range(cfg, "imp.num_rounds", 1)
   _range(cfg, "imp.pruning_rate", 0.0, 1.0, low_open=True, high_open=True)
   _choice(cfg, "imp.pruning_schedule", ("iterative", "oneshot"))
+  _choice(cfg, "imp.count_convention", ("exact", "open_lth"))
+  if imp["count_convention"] == "open_lth" and (
+      imp["allocation"] != "global" or imp["pruning_schedule"] != "iterative"
+      or imp["score"] == "synflow"):
+    raise ConfigError("imp.count_convention", "open_lth",
+                      "'exact' unless imp.allocation='global', imp.pruning_schedule='iterative' "
+                      "and imp.score is not 'synflow' (open_lth's sparse_global rule)")
   densities = list(imp["densities"])
   if densities:
     if imp["pruning_schedule"] != "oneshot":

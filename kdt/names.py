@@ -71,6 +71,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "imp.control_recipe": tuple(r for r in RECIPES if r not in CONTROL_RECIPES),
     "imp.teacher": ("dense", "previous"),
     "imp.random_reinit_start": ("control", "zero"),
+    "imp.count_convention": ("exact", "open_lth"),
+    "model.init_scheme": ("kdt", "open_lth", "kd_ticket"),
     "imp.mask_basis": ("identity", "dct"),
     "lmc.networks": ("dense", "imp", "random"),
     "lmc.splits": ("train", "test", "val"),

@@ -193,8 +193,9 @@ def setup_logging() -> None:
 # IMP results: table, files, plots.
 
 RESULT_COLUMNS = ("round", "recipe", "density", "nominal_density", "weights_kept", "weights_prunable",
-                  "test_accuracy", "best_test_accuracy", "val_accuracy", "best_val_accuracy",
-                  "test_accuracy_at_best_val", "start_step", "end_step", "steps_trained", "wall_time")
+                  "density_all_weights", "test_accuracy", "best_test_accuracy", "val_accuracy",
+                  "best_val_accuracy", "test_accuracy_at_best_val", "start_step", "end_step",
+                  "steps_trained", "wall_time")
 
 
 def _atomic_write(path: str, text: str) -> None:

@@ -108,6 +108,22 @@ BAD += [
 ]
 
 
+# Issue 14 (fidelity to the peers' protocols).
+BAD += [
+    ("unknown count convention", lambda c: c.imp.__setitem__("count_convention", "openlth"),
+     "imp.count_convention"),
+    ("open_lth count with layerwise allocation",
+     lambda c: (c.imp.__setitem__("allocation", "layerwise"),
+                c.imp.__setitem__("count_convention", "open_lth")),
+     "imp.count_convention"),
+    ("unknown init scheme", lambda c: c.model.__setitem__("init_scheme", "pytorch"), "model.init_scheme"),
+    ("kd_ticket init for lenet", lambda c: c.model.__setitem__("init_scheme", "kd_ticket"),
+     "model.init_scheme"),
+    ("three means for grey digits", lambda c: c.data.__setitem__("mean", (0.1, 0.2, 0.3)), "data.mean"),
+    ("zero std", lambda c: c.data.__setitem__("std", (0.0,)), "data.std"),
+    ("std not a number", lambda c: c.data.__setitem__("std", ("wide",)), "data.std"),
+]
+
 @pytest.mark.parametrize("name,mutate,field", BAD, ids=[b[0] for b in BAD])
 def test_bad_config_names_the_field(name, mutate, field):
   # Mutate the plain dict, as a hand-written config file could (ConfigDict itself type-checks).
@@ -147,3 +163,33 @@ def test_cache_teacher_logits_needs_unaugmented_data():
   config.imp.cache_teacher_logits = True
   with pytest.raises(config_lib.ConfigError, match="imp.cache_teacher_logits"):
     config_lib.validate(config, device_count=1)
+
+
+OPEN_LTH_CONFIGS = ("mnist_lenet_300_100.py", "cifar10_resnet20.py", "cifar10_resnet20_imp_rewind.py",
+                    "cifar10_resnet20_lmc.py", "cifar10_vgg16.py", "cifar10_vgg16_lmc.py",
+                    "imagenet_resnet50.py")
+
+
+@pytest.mark.parametrize("name", OPEN_LTH_CONFIGS)
+def test_open_lth_configs_use_open_lth_init(name):
+  assert load(os.path.join(REPO, "configs", name)).model.init_scheme == "open_lth"
+  assert _quickstart().model.init_scheme == "kdt"
+
+
+OPEN_LTH_IMP_CONFIGS = ("mnist_lenet_300_100_lth.py", "cifar10_resnet20_imp_rewind.py",
+                        "cifar10_resnet20_lmc.py", "cifar10_vgg16_lmc.py")
+
+
+@pytest.mark.parametrize("name", OPEN_LTH_IMP_CONFIGS)
+def test_open_lth_configs_count_as_open_lth(name):
+  assert load(os.path.join(REPO, "configs", name)).imp.count_convention == "open_lth"
+  assert _quickstart().imp.count_convention == "exact"  # quickstart results stay bit-identical
+
+
+def test_normalization_fields_reach_the_dataset():
+  config = _quickstart()
+  config.data.mean, config.data.std = (0.5,), (0.25,)
+  config_lib.validate(config, device_count=1)
+  from kdt.experiments import setup as setup_lib
+  info = setup_lib.load_data(config).info
+  assert (info.mean, info.std) == ((0.5,), (0.25,))

@@ -258,6 +258,27 @@ def test_idx_reader(tmp_path):
         data.load_dataset("fashion_mnist", data_dir=str(tmp_path), val_size=7)
 
 
+def test_normalization_statistics_are_data(tmp_path):
+    """data.mean / data.std: Fashion-MNIST normalised with MNIST's statistics, as open_lth does."""
+    _write_idx_dataset(tmp_path / "fashion_mnist")
+    own = data.load_dataset("fashion_mnist", data_dir=str(tmp_path))
+    assert (own.info.mean, own.info.std) == ((0.2860,), (0.3530,))
+    ds = data.load_dataset("fashion_mnist", data_dir=str(tmp_path), mean=(0.1307,), std=(0.3081,))
+    assert (ds.info.mean, ds.info.std) == ((0.1307,), (0.3081,))
+    assert ds.info.name == "fashion_mnist" and ds.info.input_shape == own.info.input_shape
+    x = ds.test.images[:2]
+    got = data.preprocess(x, None, info=ds.info, train=False, augment="none")
+    want = (x.astype(np.float32) / 255 - np.float32(0.1307)) / np.float32(0.3081)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-6)
+    # Only the mean: the dataset's own std stays; one value covers every channel.
+    half = data.with_normalization(data.dataset_info("fashion_mnist"), mean=(0.5,))
+    assert (half.mean, half.std) == ((0.5,), (0.3530,))
+    assert data.with_normalization(CIFAR, std=(0.25,)).std == (0.25, 0.25, 0.25)
+    for bad in [dict(mean=(0.1, 0.2)), dict(std=(0.0,)), dict(std=(float("nan"),))]:
+        with pytest.raises(ValueError, match="mean|std"):
+            data.with_normalization(data.dataset_info("fashion_mnist"), **bad)
+
+
 def test_idx_missing_truncated_and_bad_magic(tmp_path):
     with pytest.raises(data.DatasetUnavailableError, match="train-images-idx3-ubyte.gz") as err:
         data.load_dataset("mnist", data_dir=str(tmp_path))

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from kdt import config_lib
 from kdt.experiments import setup as setup_lib
 from kdt.train import loop
 
@@ -159,11 +160,9 @@ def test_progress_is_labelled_and_excludes_evaluation_time(tmp_path, monkeypatch
   import time  # pylint: disable=import-outside-toplevel
   config = _config(num_steps=20)
   config.train.eval_every_steps = 10
-  dataset = experiment.load_data(config)
-  model = experiment.build_model(config, dataset.info)
+  setup = setup_lib.Setup.build(config, str(tmp_path))
   reports = []
-  trainer = experiment.make_trainer(config, str(tmp_path), dataset, model,
-                                    experiment.parallel.make_mesh())
+  trainer = setup.trainer
   trainer.progress = reports.append
   evaluate_all = trainer.evaluate_all
 
@@ -173,10 +172,26 @@ def test_progress_is_labelled_and_excludes_evaluation_time(tmp_path, monkeypatch
 
   monkeypatch.setattr(trainer, "evaluate_all", slow_evaluation)
   with caplog.at_level("INFO"):
-    trainer.train(experiment.dense_run(config, str(tmp_path), model))
+    trainer.train(setup.dense)
   assert [r.step for r in reports] == [5, 10, 15, 20]
   after_eval = reports[2]  # steps 11..15, right after the evaluation at step 10
   assert after_eval.seconds_per_step < 0.3, reports
   assert all(r.run == "dense" and r.end_step == 20 and 0 <= r.train_accuracy <= 1 for r in reports)
   text = caplog.text
   assert "train loss" in text and "train acc" in text and "test acc" in text
+
+
+def test_eval_every_epochs_and_at_start(tmp_path):
+  """train.eval_every_epochs: one evaluation per epoch (44 steps of 32 on digits' 1,437 images),
+  plus train.eval_at_start's evaluation of the starting weights; the whole history is kept."""
+  config = _config(num_steps=90)
+  config.train.eval_every_steps = 0
+  config.train.eval_every_epochs = 1.0
+  config.train.eval_at_start = True
+  config_lib.validate(config, device_count=1)
+  _, result = _train(config, str(tmp_path))
+  assert [h["step"] for h in result.meta["history"]] == [0, 44, 88, 90]
+  assert all(0.0 <= h["test_accuracy"] <= 1.0 for h in result.meta["history"])
+  config.train.eval_every_steps = 15
+  with pytest.raises(config_lib.ConfigError, match="train.eval_every_epochs"):
+    config_lib.validate(config, device_count=1)

@@ -292,3 +292,84 @@ def test_unknown_names_list_the_allowed_ones():
 def test_docstring_examples():
   result = doctest.testmod(registry)
   assert result.attempted > 0 and result.failed == 0
+
+
+# ----- initialisation schemes (issue 14, item 3) -------------------------------------------------
+
+
+def _init_params(name, shape, scheme, seed=0):
+  model = models.create_model(name, num_classes=10, input_shape=shape, init_scheme=scheme)
+  init = jax.jit(lambda key: model.init(key, jnp.zeros((1, *shape)), train=False))
+  return model, jax.tree.map(np.asarray, init(jax.random.key(seed))["params"])
+
+
+def test_kdt_init_scheme_is_the_models_own_init():
+  default = models.create_model("resnet20", num_classes=10, input_shape=CIFAR)
+  kdt = models.create_model("resnet20", num_classes=10, input_shape=CIFAR, init_scheme="kdt")
+  assert type(kdt) is type(default) and kdt == default
+  a = jax.jit(lambda k: default.init(k, jnp.zeros((1, *CIFAR)), train=False))(jax.random.key(0))
+  b = jax.jit(lambda k: kdt.init(k, jnp.zeros((1, *CIFAR)), train=False))(jax.random.key(0))
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_open_lth_init_scheme_statistics():
+  """open_lth: kaiming_normal_ fan-in kernels, PyTorch-default biases, BN gamma ~ U(0, 1)."""
+  _, p = _init_params("resnet20", CIFAR, "open_lth")
+  kernel = p["layer3_2"]["conv2"]["kernel"]            # 3x3x64x64: fan-in 576, fan-out 576
+  assert abs(kernel.std() / math.sqrt(2 / 576) - 1) < 0.02
+  stem = p["stem"]["kernel"]                           # 3x3x3x16: fan-in 27 (fan-out 144)
+  assert abs(stem.std() / math.sqrt(2 / 27) - 1) < 0.15
+  shortcut = p["layer2_0"]["shortcut_conv"]["kernel"]  # 1x1x16x32: fan-in 16 (fan-out 32)
+  assert abs(shortcut.std() / math.sqrt(2 / 16) - 1) < 0.15
+  head = p["head"]
+  assert abs(head["kernel"].std() / math.sqrt(2 / 64) - 1) < 0.15
+  assert np.all(np.abs(head["bias"]) <= 1 / 8) and np.all(head["bias"] != 0)
+  gammas = np.concatenate([p["stem_bn"]["scale"], p["layer1_0"]["bn1"]["scale"],
+                           p["layer3_2"]["bn2"]["scale"]])
+  assert np.all((gammas >= 0) & (gammas < 1)) and gammas.std() > 0.1
+  assert np.all(p["layer1_0"]["bn1"]["bias"] == 0)
+  # A plain normal, not the truncated one of Flax's variance_scaling: tails beyond 2 sigma.
+  assert np.mean(np.abs(kernel) > 2 * math.sqrt(2 / 576)) > 0.03
+
+  _, p = _init_params("lenet_300_100", MNIST, "open_lth")
+  assert abs(p["stem"]["kernel"].std() / math.sqrt(2 / 784) - 1) < 0.01
+  for layer, fan_in in (("stem", 784), ("fc2", 300), ("head", 100)):
+    bias = p[layer]["bias"]
+    assert np.all(np.abs(bias) <= 1 / math.sqrt(fan_in)) and np.all(bias != 0)
+    assert abs(bias.std() / (1 / math.sqrt(3 * fan_in)) - 1) < 0.35   # U(-b, b): std b / sqrt 3
+
+  _, p = _init_params("vgg11", CIFAR, "open_lth")
+  bias = p["conv2"]["bias"]                            # conv 3x3x64x128: fan-in 576
+  assert np.all(np.abs(bias) <= 1 / 24) and np.all(bias != 0)
+
+
+def test_kd_ticket_init_scheme_statistics():
+  """KD-ticket oresnet.py: normal_(0, sqrt(2 / (k*k*out))), BN 1 / 0, nn.Linear default head."""
+  _, p = _init_params("oresnet20", CIFAR, "kd_ticket")
+  kernel = p["layer3_2"]["conv1"]["kernel"]            # 3x3x64x64: fan-out 576
+  assert abs(kernel.std() / math.sqrt(2 / 576) - 1) < 0.02
+  stem = p["stem"]["kernel"]                           # fan-out 144
+  assert abs(stem.std() / math.sqrt(2 / 144) - 1) < 0.15
+  assert np.all(p["stem_bn"]["scale"] == 1) and np.all(p["stem_bn"]["bias"] == 0)
+  head = p["head"]
+  assert np.all(np.abs(head["kernel"]) <= 1 / 8) and np.all(np.abs(head["bias"]) <= 1 / 8)
+  assert np.all(head["bias"] != 0)
+  with pytest.raises(ValueError, match="kd_ticket.*lenet_300_100"):
+    models.create_model("lenet_300_100", num_classes=10, input_shape=MNIST, init_scheme="kd_ticket")
+  with pytest.raises(ValueError, match="kdt, open_lth, kd_ticket"):
+    models.create_model("resnet20", num_classes=10, input_shape=CIFAR, init_scheme="torch")
+
+
+def test_init_scheme_survives_clone_and_keeps_ghosts():
+  model = models.create_model("resnet20", num_classes=10, input_shape=CIFAR, init_scheme="open_lth")
+  ghosted = model.clone(ghost_skips=True)
+  params = jax.jit(lambda k: ghosted.init(k, jnp.zeros((1, *CIFAR)), train=False))(jax.random.key(0))["params"]
+  np.testing.assert_array_equal(params["layer1_0"]["ghost1_conv"]["kernel"], np.float32(1e-4))
+  assert float(jnp.std(params["layer1_0"]["bn1"]["scale"])) > 0.05
+
+
+def test_init_schemes_docstring_examples():
+  from kdt.models import init_schemes
+  result = doctest.testmod(init_schemes)
+  assert result.attempted > 0 and result.failed == 0

@@ -287,6 +287,59 @@ def test_iterative_global_rounds_follow_ceil_exactly(mlp):
     mask = new
 
 
+def test_open_lth_count_convention_lenet_300_100_counts():
+  """open_lth sparse_global on LeNet-300-100 (784-300-100-10, fc.weight ignored), rate 0.2."""
+  hidden, head = 784 * 300 + 300 * 100, 100 * 10
+  assert hidden == 265_200
+  kept, counts = hidden, []
+  for _ in range(8):
+    kept = pruning.iterative_kept_count(0.2, kept, convention="open_lth", ignored=head)
+    counts.append(kept)
+  assert counts[0] == 211_959 and counts[-1] == 43_655
+  assert tuple(counts) == schedules.iterative_counts(hidden, 0.2, 8, convention="open_lth",
+                                                     ignored=head)
+  # The exact rule keeps more: 212,160 at level 1.
+  assert pruning.iterative_kept_count(0.2, hidden) == 212_160
+  # Jitted (int32) arithmetic agrees with the host's.
+  traced = jax.jit(lambda r: pruning.iterative_kept_count(0.2, r, convention="open_lth",
+                                                          ignored=head))
+  assert int(traced(jnp.int32(hidden))) == 211_959
+  assert pruning.iterative_kept_count(0.9, 5, convention="open_lth", ignored=10) == 0
+  with pytest.raises(ValueError, match="exact, open_lth"):
+    pruning.iterative_kept_count(0.2, 10, convention="open-lth")
+
+
+def _open_lth_sparse_global(weights, mask, ignored_mask, fraction):
+  """A line-by-line numpy copy of open_lth pruning/sparse_global.py Strategy.prune."""
+  remaining = sum(int(np.sum(v)) for v in mask.values()) + sum(
+      int(np.sum(v)) for v in ignored_mask.values())
+  n = int(np.ceil(fraction * remaining))
+  vector = np.concatenate([weights[k][mask[k]] for k in weights])
+  threshold = np.sort(np.abs(vector))[n]
+  return {k: np.where(np.abs(v) > threshold, mask[k], False) for k, v in weights.items()}
+
+
+def test_prune_global_open_lth_matches_open_lth_code():
+  rng = np.random.default_rng(0)
+  shapes = {"fc1": (784, 300), "fc2": (300, 100)}
+  params = {k: {"kernel": rng.normal(size=s).astype(np.float32)} for k, s in shapes.items()}
+  params["head"] = {"kernel": rng.normal(size=(100, 10)).astype(np.float32)}
+  prunable = {"fc1": {"kernel": True}, "fc2": {"kernel": True}, "head": {"kernel": False}}
+  prune = jax.jit(functools.partial(pruning.prune_global, prunable=prunable, fraction=0.2,
+                                    convention="open_lth", ignored=1000))
+  mask = pruning.ones_like_params(params)
+  ref = {k: np.ones(s, bool) for k, s in shapes.items()}
+  for _ in range(3):
+    mask = _np(prune(pruning.magnitude(params), mask))
+    ref = _open_lth_sparse_global({k: params[k]["kernel"] for k in shapes}, ref,
+                                  {"head": np.ones((100, 10), bool)}, 0.2)
+    for k in shapes:
+      np.testing.assert_array_equal(mask[k]["kernel"], ref[k])
+    assert mask["head"]["kernel"].all()
+  assert _kept(mask, prunable) == schedules.iterative_counts(
+      265_200, 0.2, 3, convention="open_lth", ignored=1000)[-1]
+
+
 def test_prune_layerwise_exact_counts_and_ties():
   scores, prunable = _tie_tree()
   mask = {"a": {"kernel": np.array([1, 1, 1, 1, 1, 0], bool),

@@ -35,6 +35,7 @@ from kdt.data.registry import DatasetInfo as DatasetInfo
 from kdt.data.registry import DatasetUnavailableError as DatasetUnavailableError
 from kdt.data.registry import dataset_info as dataset_info
 from kdt.data.registry import dataset_names as dataset_names
+from kdt.data.registry import with_normalization as with_normalization
 from kdt.data.streaming import StreamingDataset as StreamingDataset
 from kdt.data.streaming import StreamSplit as StreamSplit
 
@@ -51,4 +52,5 @@ __all__ = [
     "load_dataset",
     "preprocess",
     "train_batch_indices",
+    "with_normalization",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kdt.data import raw, tfds_source
 from kdt.data.memory import Dataset, Split
-from kdt.data.registry import dataset_info
+from kdt.data.registry import dataset_info, with_normalization
 from kdt.data.streaming import FileSource, StreamingDataset, TfdsSource
 
 
@@ -17,6 +17,8 @@ def load_dataset(
     process_index: int = 0,
     process_count: int = 1,
     num_workers: int = 0,
+    mean: tuple[float, ...] = (),
+    std: tuple[float, ...] = (),
 ) -> Dataset | StreamingDataset:
     """Loads dataset ``name`` (never downloads).
 
@@ -42,12 +44,16 @@ def load_dataset(
         process_index: this process (``jax.process_index()`` in multi-host runs).
         process_count: processes sharing each global batch (``jax.process_count()``).
         num_workers: decoding threads for streaming datasets (0: ``min(32, cpu_count)``).
+        mean: input-normalisation means per channel (config.data.mean); ``()``: the dataset's own.
+        std: input-normalisation standard deviations (config.data.std); ``()``: the dataset's own.
+            The returned dataset's ``info`` carries them (see :func:`kdt.data.with_normalization`).
 
     Returns:
         :class:`Dataset` (in memory) or, for ``info.streaming`` datasets, :class:`StreamingDataset`.
 
     Raises:
-        ValueError: unknown name, bad ``val_size`` or process arguments, ``data_dir`` for imagenet2012.
+        ValueError: unknown name, bad ``val_size``, ``mean``/``std`` or process arguments,
+            ``data_dir`` for imagenet2012.
         DatasetUnavailableError: data missing, unprepared, unreadable or corrupt (fails fast, names the
             directories / files and how to get the data).
 
@@ -61,6 +67,7 @@ def load_dataset(
         raise ValueError(
             f"val_size must be in [0, {info.num_train}) for {name!r}, got {val_size}."
         )
+    normalized = with_normalization(info, mean, std)
     kwargs = dict(val_size=val_size, process_index=process_index, process_count=process_count)
     if info.streaming:
         if name == "imagenet2012" and data_dir:
@@ -76,7 +83,7 @@ def load_dataset(
             sources = tfds_source.open_splits(name, tfds_data_dir)
             train = TfdsSource(sources["train"], where=f"TFDS {name} train")
             test = TfdsSource(sources["test"], where=f"TFDS {name} test")
-        return StreamingDataset(info, train, test, num_workers=num_workers, **kwargs)
+        return StreamingDataset(normalized, train, test, num_workers=num_workers, **kwargs)
 
     if name == "digits":
         arrays = raw.load_digits()
@@ -90,4 +97,4 @@ def load_dataset(
             split: tfds_source.read_arrays(source, info, f"TFDS {name} {split}")
             for split, source in sources.items()
         }
-    return Dataset(info, Split(*arrays["train"]), Split(*arrays["test"]), **kwargs)
+    return Dataset(normalized, Split(*arrays["train"]), Split(*arrays["test"]), **kwargs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 AUGMENTATIONS = ("crop_flip", "flip", "none", "inception_crop_flip")
@@ -139,6 +140,53 @@ def dataset_info(name: str) -> DatasetInfo:
         raise ValueError(
             f"Unknown dataset {name!r}; allowed names: {', '.join(_REGISTRY)}."
         ) from None
+
+
+def with_normalization(info: DatasetInfo, mean: tuple[float, ...] = (),
+                       std: tuple[float, ...] = ()) -> DatasetInfo:
+    """``info`` with other input-normalisation statistics (pure; nothing is loaded).
+
+    Images are normalised as :math:`x' = (x / 255 - \\mu_c) / \\sigma_c` per channel :math:`c`
+    (:func:`kdt.data.preprocess`). An empty ``mean`` or ``std`` keeps the dataset's own statistics;
+    a one-element tuple applies to every channel. open_lth normalises Fashion-MNIST with MNIST's
+    statistics (its ``datasets/mnist.py`` ``Normalize(mean=[0.1307], std=[0.3081])``, the reader it
+    uses for both), which ``with_normalization(dataset_info("fashion_mnist"), (0.1307,),
+    (0.3081,))`` reproduces.
+
+    Args:
+        info: the dataset's :class:`DatasetInfo`.
+        mean: per-channel means in [0, 1] pixel units, ``()`` for the dataset's own.
+        std: per-channel standard deviations (> 0), ``()`` for the dataset's own.
+
+    Returns:
+        A :class:`DatasetInfo` equal to ``info`` except for ``mean`` and ``std``.
+
+    Raises:
+        ValueError: a tuple of the wrong length (not 1 or the channel count), a non-finite value
+            or a standard deviation <= 0.
+
+    Examples:
+        >>> with_normalization(dataset_info("fashion_mnist"), (0.1307,), (0.3081,)).mean
+        (0.1307,)
+        >>> with_normalization(dataset_info("cifar10"), (0.5,)).mean
+        (0.5, 0.5, 0.5)
+    """
+    channels = info.input_shape[-1]
+
+    def resolve(field: str, values, own):
+        values = tuple(float(v) for v in values)
+        if not values:
+            return own
+        if len(values) not in (1, channels):
+            raise ValueError(f"{field} must have 1 or {channels} values for {info.name!r} "
+                             f"({channels} channels), got {values}.")
+        if not all(math.isfinite(v) for v in values) or (field == "std" and min(values) <= 0):
+            raise ValueError(f"{field} must be finite{' and > 0' if field == 'std' else ''}, "
+                             f"got {values}.")
+        return values * channels if len(values) == 1 else values
+
+    return dataclasses.replace(info, mean=resolve("mean", mean, info.mean),
+                               std=resolve("std", std, info.std))
 
 
 def check_augment(augment: str) -> None:

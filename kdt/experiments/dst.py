@@ -5,7 +5,7 @@ For each method of ``config.dst.methods`` and each density (IMP's round densitie
 
 * theta_0 is the dense run's initialisation (``seeds.init``); the initial mask is random with
   ERK (or uniform / layer-wise) per-layer densities over ``imp.selector``'s prunable kernels (key
-  from ``seeds.prune``); ``dst.init="sparsity_aware"`` rescales every neuron to its actual fan-in;
+  from ``seeds.prune``); ``dst.init="sparsity_aware"`` re-draws every neuron for its actual fan-in;
 * it trains for ``train.num_steps`` with the dense run's optimizer, schedule, data order and
   augmentation; after every :math:`\\Delta T` = ``dst.update_every`` steps up to
   ``dst.update_end_step`` the mask changes (:mod:`kdt.pruning.dynamic`): RigL grows by the dense
@@ -201,7 +201,8 @@ class DSTDriver:
   def _initial_state(self, mask: Any) -> TrainState:
     state = self._init()
     if self.dst.init == "sparsity_aware":
-      params = dynamic.sparsity_aware_init(state.params, mask, self.prunable)
+      params = dynamic.sparsity_aware_init(state.params, mask, self.prunable, jax.random.fold_in(
+          jax.random.key(self.config.seeds.init), 0x5A1))  # a draw of its own, from seeds.init
     else:
       params = pruning.apply_mask(state.params, mask)
     return state.replace(params=params, opt_state=self._direction.init(params))

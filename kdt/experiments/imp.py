@@ -155,7 +155,8 @@ class IMPRounds:
         loss_fn=pruning.classification_loss(apply_fn), apply_fn=apply_fn,
         input_shape=(1, *self.setup.dataset.info.input_shape),
         erk_power_scale=float(imp.erk_power_scale),
-        synflow_iterations=int(imp.synflow_iterations))
+        synflow_iterations=int(imp.synflow_iterations), count_convention=imp.count_convention,
+        ignored=self.setup.num_ignored)
 
   def _prune_fn(self, params, batch_stats, mask, key, batches, *, density):
     """The round's mask of ``params`` under ``mask`` — pure (``density`` None: a round of
@@ -260,7 +261,9 @@ class IMPRounds:
     if imp.score == "synflow" or (oneshot and imp.allocation in ("global", "erk")):
       return int(pruning.ceil_count(density, self.num_prunable))
     if not oneshot and imp.allocation == "global":
-      return pruning.iterative_counts(self.num_prunable, imp.pruning_rate, round_index)[-1]
+      return pruning.iterative_counts(self.num_prunable, imp.pruning_rate, round_index,
+                                      convention=imp.count_convention,
+                                      ignored=self.setup.num_ignored)[-1]
     # layer-wise / uniform: per-layer ceilings, checked by the pruning tests; iterative ERK: a
     # layer with fewer remaining weights than its ERK count keeps them all.
     return None
@@ -343,15 +346,18 @@ class IMPRounds:
 
   def _row(self, round_index: int, recipe: str, result: loop.RunResult, mask, nominal: float) -> dict:
     summary = pruning.sparsity_summary(mask, self.prunable)["total"]
-    history = result.meta["history"]
+    history, ignored = result.meta["history"], self.setup.num_ignored
     row = {
         "round": round_index, "recipe": recipe,
         "density": summary["kept"] / summary["total"], "nominal_density": nominal or 1.0,
         "weights_kept": summary["kept"], "weights_prunable": summary["total"],
+        "density_all_weights":  # open_lth's density: over every conv / dense weight matrix
+            (summary["kept"] + ignored) / (summary["total"] + ignored),
         "test_accuracy": history[-1]["test_accuracy"],
         "best_test_accuracy": max(h["test_accuracy"] for h in history),
         "start_step": result.meta["start_step"], "end_step": int(result.state.step),
         "steps_trained": result.meta["steps_trained"], "wall_time": result.meta["wall_time"],
+        "eval_history": history,
     }
     if "val_accuracy" in history[-1]:
       best = max(history, key=lambda h: h["val_accuracy"])

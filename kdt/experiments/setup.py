@@ -45,7 +45,7 @@ def load_data(config: ml_collections.ConfigDict):
   return data_lib.load_dataset(
       config.data.name, data_dir=config.data.dir, tfds_data_dir=config.data.tfds_dir,
       val_size=config.data.val_size, process_index=jax.process_index(),
-      process_count=jax.process_count())
+      process_count=jax.process_count(), mean=tuple(config.data.mean), std=tuple(config.data.std))
 
 
 def build_model(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo) -> nn.Module:
@@ -53,7 +53,7 @@ def build_model(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo) -
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.compute_dtype]
   return models_lib.create_model(config.model.name, num_classes=info.num_classes,
                                  input_shape=info.input_shape, activation=config.model.activation,
-                                 dtype=dtype)
+                                 dtype=dtype, init_scheme=config.model.init_scheme)
 
 
 def ones_mask(init_state_fn: Callable) -> Any:
@@ -88,6 +88,8 @@ class Setup:
       experiment's rewind points).
     prunable: bool pytree of the prunable leaves (``imp.selector``; all kernels without one).
     num_prunable: the number of prunable weights.
+    num_ignored: conv / dense weights that are not prunable (e.g. the head): open_lth counts
+      them as remaining (``imp.count_convention="open_lth"``) and in its reported density.
     masks: the mask store.
   """
 
@@ -104,6 +106,7 @@ class Setup:
   dense: loop.Run
   prunable: Any
   num_prunable: int
+  num_ignored: int
   masks: checkpoint_lib.MaskStore
 
   @classmethod
@@ -126,7 +129,7 @@ class Setup:
     imp = config.get("imp")
     if imp is not None:  # imp.mask_basis: the network parametrised by the coefficients masks prune
       model = basis_lib.wrap_model(model, imp.mask_basis, selector=imp.selector,
-                                   prune_stem=imp.prune_stem)
+                                   prune_stem=imp.prune_stem, image_shape=dataset.info.input_shape)
     make_trainer = functools.partial(_make_trainer, config, workdir, dataset, mesh)
     optimizer = optim.OptimizerSpec.from_config(config)
     schedule = optim.ScheduleSpec.from_config(config)
@@ -145,10 +148,14 @@ class Setup:
       prunable = pruning.prunable_leaves(shapes, "conv_dense", prune_stem=True)
     num_prunable = sum(int(np.prod(x.shape)) for x, p in
                        zip(jax.tree.leaves(shapes), jax.tree.leaves(prunable)) if p)
+    all_weights = pruning.prunable_leaves(shapes, "conv_dense", prune_head=True)  # conv + dense
+    num_ignored = sum(int(np.prod(x.shape)) for x, p in zip(
+        jax.tree.leaves(shapes), jax.tree.leaves(all_weights)) if p) - num_prunable
     return cls(config=config, workdir=workdir, mesh=mesh, dataset=dataset, model=model,
                trainer=make_trainer(model), make_trainer=make_trainer, optimizer=optimizer,
                schedule=schedule, loss=loss, dense=dense, prunable=prunable,
-               num_prunable=num_prunable, masks=checkpoint_lib.MaskStore())
+               num_prunable=num_prunable, num_ignored=num_ignored,
+               masks=checkpoint_lib.MaskStore())
 
   # ----- derived pieces (pure reads of the Setup) -------------------------------------------------
 
@@ -241,7 +248,8 @@ def _make_trainer(config: ml_collections.ConfigDict, workdir: str, dataset, mesh
   tb_root = os.path.join(workdir, "tensorboard")
   just_logging = jax.process_index() > 0
   return loop.Trainer(
-      model, dataset, mesh, loop.LoopSettings.from_config(config), augment=config.data.augment,
+      model, dataset, mesh, loop.LoopSettings.from_config(config, len(dataset.train)),
+      augment=config.data.augment,
       writer_factory=lambda name, purge_step=None: report.create_writer(
           os.path.join(tb_root, name), just_logging=just_logging, purge_step=purge_step,
           hparams=dict(config_lib.to_dict(config), run=name)),

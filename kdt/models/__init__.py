@@ -13,9 +13,12 @@ Contract other kdt code relies on:
   output classifier is a Dense named ``head``. Conv kernels are 4-D HWIO ``kernel`` leaves, Dense
   kernels 2-D ``kernel`` leaves. Parameters are float32; ``dtype`` is only the compute dtype.
 * ``activation`` (a key of ``ACTIVATIONS``) is used at every place the reference uses ReLU.
+* ``init_scheme`` (``INIT_SCHEMES``): kdt's own initialisation, or open_lth's / KD-ticket's
+  (:mod:`kdt.models.init_schemes`).
 """
 
 from kdt.models.convnets import ConvNet
+from kdt.models.init_schemes import INIT_SCHEMES, apply_init_scheme, init_scheme_problem
 from kdt.models.layers import ACTIVATIONS, get_activation
 from kdt.models.lenet import LeNet
 from kdt.models.mobilenet import InvertedResidual, MobileNetV2
@@ -28,6 +31,7 @@ from kdt.models.wide_resnet import WideBasicBlock, WideResNet
 __all__ = [
     "ACTIVATIONS",
     "CIFAR_STEM_MAX_SIDE",
+    "INIT_SCHEMES",
     "BasicBlock",
     "Bottleneck",
     "CifarResNet",
@@ -41,8 +45,10 @@ __all__ = [
     "VGG",
     "WideBasicBlock",
     "WideResNet",
+    "apply_init_scheme",
     "check_model_input",
     "create_model",
     "get_activation",
+    "init_scheme_problem",
     "model_names",
 ]

@@ -18,7 +18,8 @@ class LeNet(nn.Module):
   MNIST. The first Dense is named ``stem``, the others ``fc2``, ``fc3``, ... by layer number.
 
   Initialisation follows open_lth's default ``kaiming_normal`` (He normal, fan-in) for every
-  kernel; biases start at zero (PyTorch draws them from U(+-1/sqrt(fan_in))).
+  kernel; biases start at zero (PyTorch draws them from U(+-1/sqrt(fan_in)), as
+  ``init_scheme="open_lth"`` does, :mod:`kdt.models.init_schemes`).
 
   Attributes:
     num_classes: number of output logits.

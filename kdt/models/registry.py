@@ -10,6 +10,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from kdt.models import init_schemes
 from kdt.models import layers
 from kdt.models.convnets import ConvNet
 from kdt.models.lenet import LeNet
@@ -140,7 +141,8 @@ def check_model_input(name: str, input_shape: Sequence[int]) -> str | None:
 
 
 def create_model(name: str, *, num_classes: int, input_shape: Sequence[int],
-                 activation: str = "relu", dtype: Any = jnp.float32) -> nn.Module:
+                 activation: str = "relu", dtype: Any = jnp.float32,
+                 init_scheme: str = "kdt") -> nn.Module:
   """Builds the Flax Linen module called ``name`` for inputs of ``input_shape``.
 
   ``resnet18``, ``resnet34``, ``resnet50`` and ``mobilenet_v2`` get their CIFAR stem when
@@ -155,13 +157,17 @@ def create_model(name: str, *, num_classes: int, input_shape: Sequence[int],
     input_shape: ``(height, width, channels)`` of one example.
     activation: key of ``ACTIVATIONS``; replaces every ReLU of the network.
     dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters are always float32.
+    init_scheme: a key of ``init_schemes.INIT_SCHEMES``: ``"kdt"`` (each model's own
+      initialisation), ``"open_lth"`` or ``"kd_ticket"`` (the reference code's; see
+      :mod:`kdt.models.init_schemes`). Other schemes return a subclass of the model class whose
+      ``init`` re-draws the parameters.
 
   Returns:
     The unbound module.
 
   Raises:
-    ValueError: for an unknown model or activation, a bad ``num_classes``, or an input shape the
-      model cannot take (see ``check_model_input``).
+    ValueError: for an unknown model, activation or init scheme, a bad ``num_classes``, or an
+      input shape the model cannot take (see ``check_model_input``).
 
   Examples:
     >>> model = create_model("resnet20", num_classes=10, input_shape=(32, 32, 3))
@@ -175,8 +181,14 @@ def create_model(name: str, *, num_classes: int, input_shape: Sequence[int],
   problem = check_model_input(name, input_shape)
   if problem:
     raise ValueError(problem)
-  return spec.build(tuple(input_shape))(num_classes=num_classes, activation=activation,
-                                        dtype=dtype)
+  factory = spec.build(tuple(input_shape))
+  cifar_stem = max(tuple(input_shape)[:2]) <= CIFAR_STEM_MAX_SIDE
+  problem = init_schemes.init_scheme_problem(name, init_scheme, cifar_stem=cifar_stem)
+  if problem:
+    raise ValueError(problem)
+  cls = init_schemes.with_init_scheme(factory.func, init_scheme, name, cifar_stem)
+  return cls(*factory.args, **factory.keywords, num_classes=num_classes, activation=activation,
+             dtype=dtype)
 
 
 def ghost_skip_problem(model_name: str, input_shape) -> str | None:

@@ -150,7 +150,8 @@ class CifarResNet(nn.Module):
 
   Initialisation: convolutions He normal fan-out (``layers.CONV_INIT``), BN gamma=1, beta=0, and
   the head open_lth's ``kaiming_normal`` (He normal, fan-in) with zero bias. open_lth itself
-  uses fan-in for the convolutions too and draws BN gamma from U(0, 1).
+  uses fan-in for the convolutions too and draws BN gamma from U(0, 1): ``init_scheme="open_lth"``
+  (:mod:`kdt.models.init_schemes`).
 
   Attributes:
     num_classes: number of output logits.

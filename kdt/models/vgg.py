@@ -28,7 +28,8 @@ class VGG(nn.Module):
 
   Initialisation: convolutions He normal fan-out (``layers.CONV_INIT``), BN gamma=1, beta=0,
   head open_lth's ``kaiming_normal`` (He normal, fan-in); biases zero. open_lth uses fan-in for
-  the convolutions too and draws BN gamma from U(0, 1).
+  the convolutions too and draws BN gamma from U(0, 1): ``init_scheme="open_lth"``
+  (:mod:`kdt.models.init_schemes`).
 
   Attributes:
     num_classes: number of output logits.

@@ -8,7 +8,7 @@ The pieces, all pure and jit-able over parameter pytrees unless noted:
 * :mod:`~kdt.pruning.scores`: magnitude, random, SNIP, GraSP, Taylor-1 and
   SynFlow; every score is "remove lowest".
 * :mod:`~kdt.pruning.masks`: global / layer-wise pruning of ``ceil(f * R)`` of
-  the remaining weights (open_lth), one-shot masks for a density (global,
+  the remaining weights (or open_lth's count arithmetic), one-shot masks for a density (global,
   layer-wise, uniform, ERK), apply, random masks with the same layer-wise counts,
   summaries (host-side), overlap and checksums.
 * :mod:`~kdt.pruning.schedules`: IMP densities and exact counts, one-shot lists
@@ -30,10 +30,12 @@ A typical IMP round::
 """
 
 from kdt.pruning.masks import ALLOCATIONS
+from kdt.pruning.masks import COUNT_CONVENTIONS
 from kdt.pruning.masks import any_pruned_nonzero
 from kdt.pruning.masks import apply_mask
 from kdt.pruning.masks import ceil_count
 from kdt.pruning.masks import erk_densities
+from kdt.pruning.masks import iterative_kept_count
 from kdt.pruning.masks import mask_checksum
 from kdt.pruning.masks import mask_for_count
 from kdt.pruning.masks import mask_for_density
@@ -69,6 +71,7 @@ from kdt.pruning.selectors import prunable_leaves
 
 __all__ = (
     "ALLOCATIONS",
+    "COUNT_CONVENTIONS",
     "DATA_SCORES",
     "PRESETS",
     "Pruner",
@@ -81,6 +84,7 @@ __all__ = (
     "iterative_counts",
     "iterative_densities",
     "iterative_density",
+    "iterative_kept_count",
     "kd_ticket_imagenet_sparsities",
     "kd_ticket_sparsities",
     "leaf_names",

@@ -25,13 +25,12 @@ scores the lower flat index is dropped first and the higher index is grown first
 
 Also here: the **sparsity-aware initialisation** of Evci et al. ("Gradient Flow in Sparse Neural
 Networks and How Lottery Tickets Win", AAAI 2022; ``rigl/experimental/jax/pruning/init.py``), which
-gives each output neuron the variance its *actual* fan-in calls for.
+draws each output neuron with the variance :math:`2/n_j` its *actual* fan-in :math:`n_j` calls for.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import jax
@@ -239,39 +238,63 @@ def reset_optimizer_state(opt_state: Any, params: Any, keep: Any) -> Any:
   return jax.tree.map(fix, opt_state, is_leaf=is_params_like)
 
 
-def sparsity_aware_init(params: Any, mask: Any, prunable: Any) -> Any:
-  """Rescales each output neuron's weights to its actual fan-in (Evci et al. 2022).
+def sparsity_aware_init(params: Any, mask: Any, prunable: Any, key: jax.Array, *,
+                        scale: float = 2.0) -> Any:
+  """Draws each output neuron's weights for its actual fan-in (Evci et al. 2022).
 
   For a prunable kernel with output axis last (Dense ``[in, out]``, conv HWIO), neuron :math:`j`
-  with :math:`n_j` active incoming weights out of :math:`N` gets
+  with :math:`n_j` active incoming weights gets, at its active entries,
 
-  .. math::  w_{\\cdot j} \\leftarrow w_{\\cdot j}\\,\\sqrt{N / n_j},
+  .. math::  w_{ij} \\sim \\mathcal N_\\text{trunc}\\big(0,\\ \\text{scale} / n_j\\big)
+             \\qquad (\\text{scale} = 2:\\ \\mathrm{Var}\\,w_{ij} = 2 / n_j),
 
-  so a fan-in-scaled initialisation (variance :math:`c/N`, e.g. He's :math:`2/N`) becomes
-  :math:`c/n_j`: the variance the neuron would get from its real fan-in, as the reference
-  ``sparse_init`` draws it. Neurons with no active input stay 0. Pruned entries are set to 0.
+  the He-normal draw a dense layer with fan-in :math:`n_j` would get, whatever the base
+  initialisation was (fan-in or fan-out, normal or uniform): the target scale is computed from
+  :math:`n_j` alone. This is the convention of ``google-research/rigl``
+  ``rigl/experimental/jax/pruning/init.py``: ``sparse_init(base_init, mask)`` calls the dense
+  ``base_init`` for every neuron :math:`i` with the fake shape ``(neuron_weight_count[i],
+  non_zero_neurons)``, i.e. fan-in :math:`n_j`, and ``kaiming_sparse_normal`` uses Flax's
+  ``kaiming_normal`` — variance :math:`2/\\text{fan-in}`, a normal truncated at :math:`\\pm 2`
+  standard deviations and rescaled to keep that variance, as here. Neurons with no active input
+  are 0 (rigl: "ablated neuron"); pruned entries are 0; non-prunable leaves are returned
+  unchanged. The draws come from ``key`` (one ``fold_in`` per leaf), not from PyTorch's or
+  rigl's random stream. (kdt's earlier version rescaled the base init by
+  :math:`\\sqrt{N/n_j}`, which is right only for a fan-in base: kdt's fan-out convs got 0.17x to
+  0.5x the intended variance.)
 
   Args:
-    params: the (dense) initialisation.
+    params: the (dense) initialisation; only shapes and dtypes of prunable leaves are read.
     mask: bool mask with params' structure.
-    prunable: static tree of Python bools; other leaves are returned unchanged.
+    prunable: static tree of Python bools.
+    key: a PRNG key.
+    scale: the variance numerator (2: He / ReLU; 1: LeCun).
 
   Returns:
-    The rescaled, masked parameters.
+    The re-drawn, masked parameters.
+
+  Examples:
+    >>> import numpy as np
+    >>> m = np.zeros((3, 3, 8, 4), bool); m[0, 0, :2, 0] = True     # neuron 0: n_0 = 2
+    >>> out = sparsity_aware_init({"k": np.ones(m.shape, np.float32)}, {"k": m}, {"k": True},
+    ...                           jax.random.key(0))["k"]
+    >>> int(np.sum(out != 0)), bool(np.all(out[..., 1:] == 0))
+    (2, True)
   """
-  def leaf(w, m, flag):
+  def leaf(w, m, flag, leaf_key):
     if not flag:
       return w
     m = jnp.asarray(m).astype(bool)
-    fan_in = math.prod(w.shape[:-1])
     active = jnp.sum(m.reshape(-1, w.shape[-1]), axis=0, dtype=jnp.float32)
-    scale = jnp.where(active > 0, jnp.sqrt(fan_in / jnp.maximum(active, 1.0)), 0.0)
-    return jnp.where(m, w * scale.astype(w.dtype), jnp.zeros_like(w))
+    std = jnp.where(active > 0, jnp.sqrt(scale / jnp.maximum(active, 1.0)), 0.0)
+    # Unit-variance truncated normal (the constant is the std of N(0, 1) truncated to [-2, 2]).
+    z = jax.random.truncated_normal(leaf_key, -2.0, 2.0, w.shape, jnp.float32) / .87962566103423978
+    return jnp.where(m, (z * std).astype(w.dtype), jnp.zeros_like(w))
 
   p_leaves, treedef = jax.tree.flatten(params)
-  return treedef.unflatten([leaf(w, m, bool(f)) for w, m, f in
+  keys = [jax.random.fold_in(key, i) for i in range(len(p_leaves))]
+  return treedef.unflatten([leaf(w, m, bool(f), k) for w, m, f, k in
                             zip(p_leaves, treedef.flatten_up_to(mask),
-                                treedef.flatten_up_to(prunable))])
+                                treedef.flatten_up_to(prunable), keys)])
 
 
 def layer_counts(mask: Any, prunable: Any) -> list[int]:

@@ -19,7 +19,9 @@ Conventions used by every function here:
   higher index is kept). ``-0.0`` and ``0.0`` are equal; ``NaN`` counts as the
   largest score.
 * **Counts.** Iterative pruning removes :math:`\\lceil f\\cdot R\\rceil` of the
-  :math:`R` remaining weights (open_lth ``sparse_global``); one-shot pruning to a
+  :math:`R` remaining prunable weights (``convention="exact"``), or follows
+  open_lth's arithmetic (``convention="open_lth"``, see
+  :func:`iterative_kept_count`); one-shot pruning to a
   density :math:`d` keeps :math:`\\lceil d\\cdot N\\rceil` of :math:`N` weights,
   i.e. prunes :math:`\\lfloor (1-d)\\,N\\rfloor` (the RigL / Synaptic-Flow
   "number of zeros" convention, without its float round-off). Both products are
@@ -50,10 +52,12 @@ from kdt.pruning import selectors
 
 __all__ = [
     "ALLOCATIONS",
+    "COUNT_CONVENTIONS",
     "any_pruned_nonzero",
     "apply_mask",
     "ceil_count",
     "erk_densities",
+    "iterative_kept_count",
     "mask_checksum",
     "mask_for_count",
     "mask_for_density",
@@ -67,6 +71,10 @@ __all__ = [
 
 ALLOCATIONS: tuple[str, ...] = ("global", "layerwise", "uniform", "erk")
 """The allowed values of ``mask_for_density(..., allocation=...)``."""
+
+COUNT_CONVENTIONS: tuple[str, ...] = ("exact", "open_lth")
+"""The allowed values of ``convention`` in :func:`iterative_kept_count` and
+:func:`prune_global`."""
 
 _MAX_DENOMINATOR = 2**20
 _STEM_RE = re.compile(r"(^|/)stem(/|$)")
@@ -143,6 +151,62 @@ def ceil_count(fraction: Any, n: Any) -> Any:
   dtype = jnp.promote_types(fraction.dtype, jnp.float32)
   c = jnp.ceil(fraction.astype(dtype) * n_arr.astype(dtype)).astype(jnp.int32)
   return jnp.clip(c, 0, n_arr.astype(jnp.int32))
+
+
+def iterative_kept_count(fraction: Any, remaining: Any, *, convention: str = "exact",
+                         ignored: Any = 0) -> Any:
+  """Prunable weights kept after one round of global iterative pruning.
+
+  With :math:`R` the unpruned prunable weights before the round, :math:`I` the
+  weights of the weight matrices that are never pruned (``ignored``: e.g. the
+  output layer ``fc.weight`` of open_lth's LeNet and VGG) and :math:`f` the
+  pruning fraction, the round keeps
+
+  .. math::
+     K_\\text{exact} = R - \\lceil f R\\rceil, \\qquad
+     K_\\text{open\\_lth} = \\max\\big(0,\\ R - \\lceil f\\,(R + I)\\rceil - 1\\big).
+
+  ``"open_lth"`` is the arithmetic of open_lth's ``pruning/sparse_global.py``
+  (``Strategy.prune``): its mask holds *every* conv / linear weight
+  (``Mask.ones_like`` over ``model.prunable_layer_names``, including the layers
+  of ``pruning_layers_to_ignore``), so ``number_of_remaining_weights`` is
+  :math:`R + I` and ``number_of_weights_to_prune`` is
+  :math:`n = \\lceil f (R + I)\\rceil`; it then takes
+  ``threshold = sort(|w|)[n]`` over the :math:`R` unpruned prunable weights and
+  keeps ``|w| > threshold``, which removes the :math:`n + 1` smallest (indices
+  ``0..n``), all from the prunable layers. Departure: open_lth also removes any
+  further weights that tie with the threshold; kdt removes exactly
+  :math:`n + 1` (ties broken by index, see the module docstring). open_lth
+  fails with an index error when :math:`n \\ge R`; kdt keeps 0.
+
+  Args:
+    fraction: the pruning fraction :math:`f` in ``[0, 1]`` (exact for Python
+      floats, see :func:`ceil_count`).
+    remaining: :math:`R`, a Python int or an integer jax array (jit-able).
+    convention: one of :data:`COUNT_CONVENTIONS`.
+    ignored: :math:`I`, read by ``"open_lth"`` only.
+
+  Returns:
+    :math:`K`, of the type of ``remaining``.
+
+  Raises:
+    ValueError: for an unknown convention.
+
+  Examples:
+    >>> iterative_kept_count(0.2, 265_200)                    # LeNet-300-100 hidden weights
+    212160
+    >>> iterative_kept_count(0.2, 265_200, convention="open_lth", ignored=1_000)
+    211959
+  """
+  if convention not in COUNT_CONVENTIONS:
+    raise ValueError(f"Unknown count convention {convention!r}; allowed values: "
+                     f"{', '.join(COUNT_CONVENTIONS)}.")
+  if convention == "exact":
+    return remaining - ceil_count(fraction, remaining)
+  kept = remaining - ceil_count(fraction, remaining + ignored) - 1
+  if _is_static_number(kept):
+    return max(int(kept), 0)
+  return jnp.maximum(kept, 0)
 
 
 # --------------------------------------------------------------------------- #
@@ -342,12 +406,15 @@ def any_pruned_nonzero(params: Any, mask: Any) -> jax.Array:
 # --------------------------------------------------------------------------- #
 
 
-def prune_global(scores: Any, mask: Any, prunable: Any, fraction: Any) -> Any:
-  """Prunes a fraction of the remaining prunable weights globally (open_lth).
+def prune_global(scores: Any, mask: Any, prunable: Any, fraction: Any, *,
+                 convention: str = "exact", ignored: Any = 0) -> Any:
+  """Prunes a fraction of the remaining prunable weights globally (exact or open_lth count).
 
-  With :math:`R` the number of currently unpruned prunable weights, removes the
-  :math:`\\lceil f\\cdot R\\rceil` of them with the lowest scores across all
-  prunable leaves; already-pruned weights stay pruned. Ties: the lower flat index
+  With :math:`R` the number of currently unpruned prunable weights, keeps the
+  :func:`iterative_kept_count` of them with the highest scores across all
+  prunable leaves (``"exact"``: removes :math:`\\lceil f\\cdot R\\rceil`;
+  ``"open_lth"``: removes :math:`\\lceil f\\,(R + I)\\rceil + 1`);
+  already-pruned weights stay pruned. Ties: the lower flat index
   in the concatenation of the prunable leaves (``jax.tree.flatten`` order) is
   pruned first.
 
@@ -358,10 +425,14 @@ def prune_global(scores: Any, mask: Any, prunable: Any, fraction: Any) -> Any:
     prunable: static tree of Python bools.
     fraction: fraction of the *remaining* weights to prune, in ``[0, 1]``
       (Python float: exact count; jax array: float count, see module doc).
+    convention: one of :data:`COUNT_CONVENTIONS` (see
+      :func:`iterative_kept_count`).
+    ignored: for ``"open_lth"``: the number :math:`I` of weight-matrix entries
+      that are never pruned (a static int).
 
   Returns:
     The new mask (a subset of ``mask``; non-prunable leaves all True) with
-    exactly :math:`R - \\lceil f R\\rceil` prunable weights kept.
+    exactly :func:`iterative_kept_count` prunable weights kept.
 
   Examples:
     >>> import numpy as np
@@ -373,7 +444,8 @@ def prune_global(scores: Any, mask: Any, prunable: Any, fraction: Any) -> Any:
   """
   return _global_select(
       scores, mask, prunable,
-      lambda remaining, total: remaining - ceil_count(fraction, remaining))
+      lambda remaining, total: iterative_kept_count(
+          fraction, remaining, convention=convention, ignored=ignored))
 
 
 def prune_layerwise(scores: Any, mask: Any, prunable: Any, fraction: Any) -> Any:

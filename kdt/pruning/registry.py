@@ -87,6 +87,9 @@ class Pruner:
     erk_power_scale: ERK's exponent (1: ERK, 0: uniform).
     synflow_iterations: SynFlow's pruning rounds (100 in the paper).
     grasp_temperature: GraSP's softmax temperature (200 in the reference code).
+    count_convention: iterative global rounds count by ``"exact"`` or ``"open_lth"``
+      (:func:`kdt.pruning.masks.iterative_kept_count`).
+    ignored: the non-prunable conv / dense weights open_lth's convention counts.
   """
 
   score: str
@@ -98,6 +101,8 @@ class Pruner:
   erk_power_scale: float = 1.0
   synflow_iterations: int = 100
   grasp_temperature: float = 200.0
+  count_convention: str = "exact"
+  ignored: int = 0
 
   def __post_init__(self):
     if self.score not in SCORES:
@@ -151,7 +156,8 @@ class Pruner:
     """
     if self.score != "synflow" and self.allocation == "global":
       return masks.prune_global(self.scores(params, mask, key, batches), mask, self.prunable,
-                                float(rate))
+                                float(rate), convention=self.count_convention,
+                                ignored=self.ignored)
     if self.score != "synflow" and self.allocation == "layerwise":
       return masks.prune_layerwise(self.scores(params, mask, key, batches), mask, self.prunable,
                                    float(rate))

@@ -3,8 +3,8 @@
 Densities are fractions of the prunable weights that are *kept*; sparsity is
 ``1 - density``. Iterative magnitude pruning (IMP) at rate :math:`p` keeps
 :math:`(1-p)^r` after round :math:`r` in exact arithmetic; the weight counts
-actually reached follow the ceil rule of :func:`kdt.pruning.masks.prune_global`
-and are given exactly by :func:`iterative_counts`.
+actually reached follow the count rule of :func:`kdt.pruning.masks.prune_global`
+(``"exact"`` or open_lth's) and are given exactly by :func:`iterative_counts`.
 
 All functions here are plain Python on Python numbers except
 :func:`polynomial_sparsity`, which also accepts traced steps.
@@ -70,17 +70,23 @@ def iterative_densities(rate: float, num_rounds: int) -> tuple[float, ...]:
   return tuple((1.0 - rate) ** r for r in range(1, num_rounds + 1))
 
 
-def iterative_counts(total: int, rate: float, num_rounds: int) -> tuple[int, ...]:
-  """Exact remaining prunable-weight counts of IMP with the ceil rule.
+def iterative_counts(total: int, rate: float, num_rounds: int, *,
+                     convention: str = "exact", ignored: int = 0) -> tuple[int, ...]:
+  """Exact remaining prunable-weight counts of IMP.
 
-  .. math::  R_0 = N,\\qquad R_{r} = R_{r-1} - \\lceil p\\, R_{r-1}\\rceil
+  .. math::  R_0 = N,\\qquad R_{r} = K(R_{r-1})
 
-  which is what repeated :func:`kdt.pruning.masks.prune_global` reaches.
+  with :math:`K` the :func:`kdt.pruning.masks.iterative_kept_count` of the
+  ``convention`` (``"exact"``: :math:`R - \\lceil p R\\rceil`; ``"open_lth"``:
+  :math:`R - \\lceil p (R + I)\\rceil - 1`), which is what repeated
+  :func:`kdt.pruning.masks.prune_global` reaches.
 
   Args:
     total: number :math:`N` of prunable weights.
     rate: per-round rate :math:`p`.
     num_rounds: number of rounds.
+    convention: ``"exact"`` or ``"open_lth"``.
+    ignored: weight-matrix entries never pruned (:math:`I`, ``"open_lth"`` only).
 
   Returns:
     ``(R_1, ..., R_num_rounds)``.
@@ -88,11 +94,14 @@ def iterative_counts(total: int, rate: float, num_rounds: int) -> tuple[int, ...
   Examples:
     >>> iterative_counts(10, 0.2, 4)
     (8, 6, 4, 3)
+    >>> iterative_counts(265_200, 0.2, 2, convention="open_lth", ignored=1_000)
+    (211959, 169366)
   """
   _check_rate(rate)
   out, remaining = [], int(total)
   for _ in range(num_rounds):
-    remaining -= masks.ceil_count(rate, remaining)
+    remaining = masks.iterative_kept_count(rate, remaining, convention=convention,
+                                           ignored=int(ignored))
     out.append(remaining)
   return tuple(out)
 

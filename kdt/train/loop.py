@@ -181,15 +181,20 @@ class LoopSettings:
   eval_batch_size: int = 500
   log_every_steps: int = 100
   eval_every_steps: int = 0
+  eval_at_start: bool = False  # evaluate before the first step too (open_lth's "epoch 0")
   checkpoint_every_steps: int = 500
   keep_checkpoints: int = 2
 
   @classmethod
-  def from_config(cls, config) -> "LoopSettings":
-    """The cadence of ``config.train``."""
+  def from_config(cls, config, num_train: int) -> "LoopSettings":
+    """The cadence of ``config.train`` (``num_train``: training examples, for per-epoch
+    evaluation, ``train.eval_every_epochs``)."""
     t = config.train
+    eval_every = t.eval_every_steps or data_lib.order.every_steps(t.eval_every_epochs, num_train,
+                                                                 t.batch_size)
     return cls(batch_size=t.batch_size, eval_batch_size=t.eval_batch_size,
-               log_every_steps=t.log_every_steps, eval_every_steps=t.eval_every_steps,
+               log_every_steps=t.log_every_steps, eval_every_steps=eval_every,
+               eval_at_start=bool(t.eval_at_start),
                checkpoint_every_steps=t.checkpoint_every_steps,
                keep_checkpoints=t.keep_checkpoints)
 
@@ -513,6 +518,9 @@ class Trainer:
       meta["finished"] = finished
       excluded("checkpoints", ckpt.save, at_step, state, meta)
 
+    if s.eval_at_start and not meta["history"]:
+      with timing.timed("eval"):
+        self._record_eval(run, state, mask, step, meta, writer)
     first_step = step
     while step < run.end_step:
       if _STOP_REQUESTED.is_set():
