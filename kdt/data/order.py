@@ -14,115 +14,115 @@ import numpy as np
 
 @functools.lru_cache(maxsize=4)
 def _epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
-    perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
-    perm.setflags(write=False)  # Cached and shared: never hand out a writable view.
-    return perm
+  perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
+  perm.setflags(write=False)  # Cached and shared: never hand out a writable view.
+  return perm
 
 
 def train_batch_indices(
-    num_examples: int, global_batch_size: int, step: int, seed: int
+  num_examples: int, global_batch_size: int, step: int, seed: int
 ) -> np.ndarray:
-    """Indices (into the training split) of the global batch of training step ``step``.
+  """Indices (into the training split) of the global batch of training step ``step``.
 
-    Each epoch is a fresh permutation of ``range(num_examples)`` drawn from
-    ``np.random.default_rng([seed, epoch])``; an epoch has ``num_examples // global_batch_size`` steps
-    (the last incomplete batch is dropped), and ``epoch = step // steps_per_epoch``.
+  Each epoch is a fresh permutation of ``range(num_examples)`` drawn from
+  ``np.random.default_rng([seed, epoch])``; an epoch has ``num_examples // global_batch_size`` steps
+  (the last incomplete batch is dropped), and ``epoch = step // steps_per_epoch``.
 
-    Args:
-        num_examples: size of the training split.
-        global_batch_size: batch size summed over all processes.
-        step: training step, >= 0.
-        seed: data-order seed, >= 0 (separate from init / augmentation seeds).
+  Args:
+    num_examples: size of the training split.
+    global_batch_size: batch size summed over all processes.
+    step: training step, >= 0.
+    seed: data-order seed, >= 0 (separate from init / augmentation seeds).
 
-    Returns:
-        int64 array of shape ``(global_batch_size,)``, no index repeated within an epoch.
+  Returns:
+    int64 array of shape ``(global_batch_size,)``, no index repeated within an epoch.
 
-    Raises:
-        ValueError: non-positive sizes, negative step/seed, or a batch larger than the split.
+  Raises:
+    ValueError: non-positive sizes, negative step/seed, or a batch larger than the split.
 
-    Examples:
-        >>> idx = train_batch_indices(10, 5, step=0, seed=0)
-        >>> sorted(idx.tolist() + train_batch_indices(10, 5, step=1, seed=0).tolist())
-        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
-    """
-    num_examples, global_batch_size, step, seed = map(
-        int, (num_examples, global_batch_size, step, seed)
+  Examples:
+    >>> idx = train_batch_indices(10, 5, step=0, seed=0)
+    >>> sorted(idx.tolist() + train_batch_indices(10, 5, step=1, seed=0).tolist())
+    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+  """
+  num_examples, global_batch_size, step, seed = map(
+    int, (num_examples, global_batch_size, step, seed)
+  )
+  if global_batch_size <= 0:
+    raise ValueError(f"global_batch_size must be positive, got {global_batch_size}.")
+  if global_batch_size > num_examples:
+    raise ValueError(
+      f"global_batch_size={global_batch_size} is larger than the training split "
+      f"({num_examples} examples)."
     )
-    if global_batch_size <= 0:
-        raise ValueError(f"global_batch_size must be positive, got {global_batch_size}.")
-    if global_batch_size > num_examples:
-        raise ValueError(
-            f"global_batch_size={global_batch_size} is larger than the training split "
-            f"({num_examples} examples)."
-        )
-    if step < 0 or seed < 0:
-        raise ValueError(f"step and seed must be >= 0, got step={step}, seed={seed}.")
-    steps_per_epoch = num_examples // global_batch_size
-    epoch, position = divmod(step, steps_per_epoch)
-    perm = _epoch_permutation(num_examples, seed, epoch)
-    return perm[position * global_batch_size : (position + 1) * global_batch_size].copy()
+  if step < 0 or seed < 0:
+    raise ValueError(f"step and seed must be >= 0, got step={step}, seed={seed}.")
+  steps_per_epoch = num_examples // global_batch_size
+  epoch, position = divmod(step, steps_per_epoch)
+  perm = _epoch_permutation(num_examples, seed, epoch)
+  return perm[position * global_batch_size : (position + 1) * global_batch_size].copy()
 
 
 def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
-    """Optimizer steps in one epoch: ``num_examples // global_batch_size``.
+  """Optimizer steps in one epoch: ``num_examples // global_batch_size``.
 
-    The last incomplete batch is dropped, as :func:`train_batch_indices` does (60,000 MNIST images
-    at batch 128: 468 steps; open_lth and KD-ticket keep the partial batch, 469).
+  The last incomplete batch is dropped, as :func:`train_batch_indices` does (60,000 MNIST images
+  at batch 128: 468 steps; open_lth and KD-ticket keep the partial batch, 469).
 
-    Examples:
-        >>> steps_per_epoch(60_000, 128)
-        468
-    """
-    if global_batch_size <= 0 or num_examples < global_batch_size:
-        raise ValueError(f"need 0 < global_batch_size <= num_examples, got {global_batch_size} "
-                         f"and {num_examples}.")
-    return int(num_examples) // int(global_batch_size)
+  Examples:
+    >>> steps_per_epoch(60_000, 128)
+    468
+  """
+  if global_batch_size <= 0 or num_examples < global_batch_size:
+    raise ValueError(f"need 0 < global_batch_size <= num_examples, got {global_batch_size} "
+             f"and {num_examples}.")
+  return int(num_examples) // int(global_batch_size)
 
 
 def every_steps(epochs: float, num_examples: int, global_batch_size: int) -> int:
-    """A cadence of ``epochs`` epochs in steps (rounded, at least 1); 0 for ``epochs == 0``.
+  """A cadence of ``epochs`` epochs in steps (rounded, at least 1); 0 for ``epochs == 0``.
 
-    Examples:
-        >>> every_steps(1, 60_000, 128), every_steps(0.5, 60_000, 128), every_steps(0, 60_000, 128)
-        (468, 234, 0)
-    """
-    if epochs <= 0:
-        return 0
-    return max(1, int(round(epochs * steps_per_epoch(num_examples, global_batch_size))))
+  Examples:
+    >>> every_steps(1, 60_000, 128), every_steps(0.5, 60_000, 128), every_steps(0, 60_000, 128)
+    (468, 234, 0)
+  """
+  if epochs <= 0:
+    return 0
+  return max(1, int(round(epochs * steps_per_epoch(num_examples, global_batch_size))))
 
 
 def local_rows(global_batch_size: int, process_index: int, process_count: int) -> slice:
-    """The rows of a global batch that belong to process ``process_index``.
+  """The rows of a global batch that belong to process ``process_index``.
 
-    Process ``p`` owns rows ``[p * local, (p + 1) * local)`` with
-    ``local = global_batch_size // process_count``; the global batch must divide evenly.
-    """
-    if global_batch_size % process_count:
-        raise ValueError(
-            f"Batch size {global_batch_size} is not divisible by process_count={process_count}."
-        )
-    local = global_batch_size // process_count
-    return slice(process_index * local, (process_index + 1) * local)
+  Process ``p`` owns rows ``[p * local, (p + 1) * local)`` with
+  ``local = global_batch_size // process_count``; the global batch must divide evenly.
+  """
+  if global_batch_size % process_count:
+    raise ValueError(
+      f"Batch size {global_batch_size} is not divisible by process_count={process_count}."
+    )
+  local = global_batch_size // process_count
+  return slice(process_index * local, (process_index + 1) * local)
 
 
 def eval_batch_indices(num_examples: int, batch_size: int):
-    """Yields ``(indices, valid)`` per global eval batch: every example once, last batch padded.
+  """Yields ``(indices, valid)`` per global eval batch: every example once, last batch padded.
 
-    ``indices`` has shape ``(batch_size,)`` (padding rows point at example 0, a valid index, so
-    gathers need no special case; callers zero them) and ``valid`` is False on padding.
-    """
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}.")
-    for start in range(0, num_examples, batch_size):
-        idx = np.arange(start, start + batch_size)
-        valid = idx < num_examples
-        yield np.where(valid, idx, 0), valid
+  ``indices`` has shape ``(batch_size,)`` (padding rows point at example 0, a valid index, so
+  gathers need no special case; callers zero them) and ``valid`` is False on padding.
+  """
+  if batch_size <= 0:
+    raise ValueError(f"batch_size must be positive, got {batch_size}.")
+  for start in range(0, num_examples, batch_size):
+    idx = np.arange(start, start + batch_size)
+    valid = idx < num_examples
+    yield np.where(valid, idx, 0), valid
 
 
 def check_process(process_index: int, process_count: int) -> None:
-    """Raises ValueError unless ``0 <= process_index < process_count``."""
-    if process_count < 1 or not 0 <= process_index < process_count:
-        raise ValueError(
-            f"Need 0 <= process_index < process_count, got process_index={process_index}, "
-            f"process_count={process_count}."
-        )
+  """Raises ValueError unless ``0 <= process_index < process_count``."""
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(
+      f"Need 0 <= process_index < process_count, got process_index={process_index}, "
+      f"process_count={process_count}."
+    )
