@@ -4,7 +4,7 @@ Command:
   python -m kdt.main --config configs/fashion_mnist_lenet_300_100_open_lth.py \
       --workdir /tmp/kdt_fmnist_open_lth --config.data.dir=../shared/data/fashion-mnist
 
-open_lth defaults (``models/mnist_lenet.py`` ``default_hparams``, METHODS.md §3.4a): LeNet-300-100,
+open_lth defaults (``models/mnist_lenet.py`` ``default_hparams``, docs/methods.md §3.4a): LeNet-300-100,
 plain SGD lr 0.1 (no momentum, no weight decay), constant LR, batch 128, 40 epochs per level; IMP
 with ``sparse_global`` pruning 20 % per level, ``fc.weight`` (kdt's ``head``) ignored, open_lth's
 count arithmetic (``imp.count_convention="open_lth"``: level 1 keeps 211,959 of the 265,200 hidden
