@@ -207,7 +207,7 @@ def test_dct_imp_prunes_coefficients(tmp_path):
     state, _ = ckpt.restore(16, driver.setup.abstract_state())
   finally:
     ckpt.close()
-  assert driver.model.image_shape == tuple(driver.dataset.info.input_shape)
+  assert driver.model.image_shape == tuple(driver.setup.dataset.info.input_shape)
   c = state.params["stem"]["kernel"]      # the MLP's first layer: 2-D DCT over the 8x8 image
   m = mask["stem"]["kernel"]
   assert float(jnp.max(jnp.abs(jnp.where(m, 0.0, c)))) == 0.0
