@@ -5,9 +5,11 @@ Command:
       --workdir /tmp/kdt_cifar10_pai [--config.data.dir=/path/with/cifar-10-python.tar.gz]
 
 Setting of Tanaka et al. 2020 ("Pruning neural networks without any data by iteratively conserving
-synaptic flow"; ganguli-lab/Synaptic-Flow, `main.py` flags of the `singleshot` experiment for
-`--model-class lottery --model resnet20`): SGD momentum 0.9, batch 128, lr 0.01, x0.2 at epochs 60
-and 120, weight decay 5e-4, 160 post-pruning epochs (62,400 steps of 390), crop (pad 4) + flip;
+synaptic flow") for ResNet-20: SGD momentum 0.9, batch 128, lr 0.01, x0.2 at epochs 60 and 120,
+weight decay 5e-4, 160 post-pruning epochs (62,400 steps of 390), crop (pad 4) + flip. Source read:
+a run script built on ganguli-lab/Synaptic-Flow's `main.py` (`--model-class lottery --model
+resnet20 --lr 0.01 --lr-drops 60 120 --lr-drop-rate 0.2 --weight-decay 0.0005 --post-epochs 160`);
+`main.py`'s own defaults differ (lr 0.1, x0.1, wd 1e-4), so check against the paper's appendix.
 SynFlow data-free with 100 iterations (exponential schedule), global allocation for every score.
 Densities: IMP's schedule, 20 % of the remaining weights per round over 10 rounds (80 % ...
 10.7 %; the paper sweeps compression 10^(k/4) instead); set `--config.imp.pruning_rate` /
