@@ -621,7 +621,7 @@ def kdt_loop(name: str, settings: Settings) -> tuple[Callable, dict]:
   def chunk():
     metrics = None
     for _ in range(settings.loop_chunk):
-      local = trainer._train_batch(box["step"], run)  # pylint: disable=protected-access
+      local = trainer.train_batch(box["step"], run)
       raw = parallel.global_batch(local, mesh)
       box["state"], metrics = step_fn(box["state"], mask, raw, None, augment_key)
       box["step"] += 1

@@ -111,6 +111,12 @@ def base_config(experiment: str = "train") -> ml_collections.ConfigDict:
   c.parallel.ghost_batch_norm = False  # BN statistics per device ("ghost" BN) instead of global
   c.parallel.host_devices = 0         # CPU: split into n host devices; 0 = auto (kdt.host_devices)
 
+  c.replicates = 1                    # seeds of the whole experiment in one workdir; replicate r
+                                      # uses seeds.* + 1000 r (replicate_config), in replicate_RR/
+  c.tickets = ml_collections.ConfigDict()  # runs trained together on a leading "ticket" axis
+  c.tickets.strategy = "auto"         # auto vmap sequential lax_map shard_map (kdt.tickets.batch)
+  c.tickets.max_per_program = 0       # at most this many tickets in one program; 0 = no bound
+
   for group in EXPERIMENT_GROUPS[experiment]:
     c[group] = _GROUP_FIELDS[group]()
   return c
@@ -191,6 +197,30 @@ def correlation_fields() -> ml_collections.ConfigDict:
   corr.learning_rates = (0.01, 0.03, 0.1)
   corr.top_p = 0.2                    # top-p magnitude overlap of theta_0 vs trained
   return corr
+
+
+REPLICATE_SEED_STRIDE = 1000
+"""Replicate r's seeds are the config's plus ``r * REPLICATE_SEED_STRIDE``: far from the small
+offsets experiments add themselves (LMC's ``pair_seeds``), so no two replicates share a stream."""
+
+SEED_FIELDS = ("init", "data_order", "augment", "prune")
+
+
+def replicate_config(config: ml_collections.ConfigDict, replicate: int) -> ml_collections.ConfigDict:
+  """The config of replicate ``replicate`` (0-based): every ``seeds.*`` + ``replicate * 1000``.
+
+  Replicate 0 is the config itself, so ``replicates=1`` is exactly the single run.
+  """
+  out = config.copy_and_resolve_references()
+  with out.unlocked():
+    for field in SEED_FIELDS:
+      out.seeds[field] = int(config.seeds[field]) + replicate * REPLICATE_SEED_STRIDE
+  return out
+
+
+def replicate_name(replicate: int) -> str:
+  """The sub-directory of replicate ``replicate`` in a workdir with ``replicates > 1``."""
+  return f"replicate_{replicate:02d}"
 
 
 def epochs_to_steps(epochs: float, num_examples: int, batch_size: int) -> int:
@@ -398,8 +428,12 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
                       f"config of experiment {cfg['experiment']!r} in configs/ or from "
                       f"config_lib.base_config({cfg['experiment']!r})")
   _check_structure(cfg, to_dict(base_config(cfg["experiment"])))
-  for seed in ("init", "data_order", "augment", "prune"):
+  for seed in SEED_FIELDS:
     _range(cfg, f"seeds.{seed}", 0)
+  _range(cfg, "replicates", 1)
+  from kdt.tickets import batch as batch_lib  # pylint: disable=import-outside-toplevel
+  _choice(cfg, "tickets.strategy", batch_lib.STRATEGIES)
+  _range(cfg, "tickets.max_per_program", 0)
 
   _choice(cfg, "model.name", models_lib.model_names())
   _choice(cfg, "model.activation", sorted(models_lib.ACTIVATIONS))

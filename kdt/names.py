@@ -88,5 +88,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "prune_at_init.scores": SCORES,
     "prune_at_init.allocation": ALLOCATIONS,
     "prune_at_init.recipe": tuple(r for r in RECIPES if r not in CONTROL_RECIPES),
+    "tickets.strategy": ("auto", "vmap", "sequential", "lax_map", "shard_map"),
 }
 """Fields whose values come from a fixed list (for tuple fields: each element's list)."""

@@ -219,7 +219,9 @@ def write_results(workdir: str, rows: list[dict]) -> None:
 
 
 def format_table(rows: list[dict], title: str = "") -> str:
-  """The results as a fixed-width terminal table."""
+  """The results as a fixed-width terminal table (mean ± std when the rows have replicates)."""
+  if len({r.get("replicate", 0) for r in rows}) > 1:
+    return format_replicate_table(rows, title)
   header = f"{'round':>5}  {'recipe':<14} {'weights left':>12} {'kept':>9}  {'test acc':>8}  " \
            f"{'best acc':>8}  {'steps':>6}"
   lines = [title, header, "-" * len(header)] if title else [header, "-" * len(header)]
@@ -227,6 +229,39 @@ def format_table(rows: list[dict], title: str = "") -> str:
     lines.append(f"{r['round']:>5}  {r['recipe']:<14} {100 * r['density']:>11.2f}% "
                  f"{r['weights_kept']:>9}  {r['test_accuracy']:>8.4f}  {r['best_test_accuracy']:>8.4f}"
                  f"  {r['steps_trained']:>6}")
+  return "\n".join(lines)
+
+
+REPLICATE_KEYS = ("round", "recipe", "network", "k", "learning_rate")
+"""Fields that name a cell of a replicated table (whichever of them the rows have)."""
+REPLICATE_METRICS = ("density", "test_accuracy", "instability", "lth_test_accuracy",
+                     "random_reinit_test_accuracy", "winning_gap")
+"""Numbers averaged over the replicates in the terminal table (whichever the rows have)."""
+
+
+def format_replicate_table(rows: list[dict], title: str = "") -> str:
+  """Mean ± standard deviation over the replicates, one line per cell (round, recipe, ...)."""
+  keys = [k for k in REPLICATE_KEYS if any(k in r for r in rows)]
+  metrics = [m for m in REPLICATE_METRICS
+             if any(isinstance(r.get(m), (int, float)) and not isinstance(r.get(m), bool)
+                    for r in rows)]
+  cells: dict[tuple, list[dict]] = {}
+  for row in rows:
+    cells.setdefault(tuple(row.get(k) for k in keys), []).append(row)
+  header = "  ".join([f"{k:>14}" for k in keys] + [f"{m:>24}" for m in metrics] + ["     N"])
+  lines = ([title] if title else []) + [header, "-" * len(header)]
+  for cell, members in cells.items():
+    parts = [f"{str(v):>14}" for v in cell]
+    for m in metrics:
+      values = [float(r[m]) for r in members if isinstance(r.get(m), (int, float))]
+      if not values:
+        parts.append(f"{'':>24}")
+        continue
+      mean, std = _mean_std(values)
+      parts.append(f"{100 * mean:>13.2f} ± {100 * std:<8.2f}")
+    parts.append(f"{len(members):>6}")
+    lines.append("  ".join(parts))
+  lines.append("(in %; ± is one standard deviation over the N replicates)")
   return "\n".join(lines)
 
 

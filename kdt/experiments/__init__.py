@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+import jax
 import ml_collections
 
 from kdt import config_lib
@@ -59,7 +60,35 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, allow_config_change:
       dataset = setup_lib.load_data(config)
     workdir_lib.prepare_workdir(config, workdir, allow_config_change=allow_config_change)
     setup = build_setup(config, workdir, dataset=dataset, model=model)
-  return experiment_module(config.experiment).run(setup, config, setup.workdir)
+  module = experiment_module(config.experiment)
+  if int(config.replicates) == 1:
+    return module.run(setup, config, setup.workdir)
+  return run_replicates(module, setup)
+
+
+def run_replicates(module: ModuleType, setup: Setup) -> list[dict]:
+  """``config.replicates`` seeds of the experiment in one workdir (``replicate_RR/`` each).
+
+  An experiment with ``run_replicates(setups, config)`` (``imp``) advances the replicates
+  together, so their runs train as one batch of tickets; the others run replicate after
+  replicate on the same Setup (the compiled steps, data and mesh are shared). The workdir's
+  ``results.json`` holds every replicate's rows, each with its ``replicate`` index; the terminal
+  table shows mean ± std over the replicates.
+  """
+  config = setup.config
+  setups = [setup.for_replicate(r) for r in range(int(config.replicates))]
+  if hasattr(module, "run_replicates"):
+    rows = module.run_replicates(setups, config)
+  else:
+    rows = []
+    for index, replicate in enumerate(setups):
+      out = module.run(replicate, replicate.config, replicate.workdir)
+      rows += [dict(row, replicate=index) for row in (out if isinstance(out, list) else [out])]
+    print(report.format_table(rows, title=f"{setup.title}, {len(setups)} replicates"), flush=True)
+  with timing.timed("results_and_plots"):
+    if jax.process_index() == 0:
+      report.write_results(setup.workdir, rows)
+  return rows
 
 
 def build_setup(config: ml_collections.ConfigDict, workdir: str, *, dataset=None,

@@ -39,7 +39,7 @@ import functools
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, Generator, Sequence
 
 import jax
 import ml_collections
@@ -52,6 +52,7 @@ from kdt import report
 from kdt import timing
 from kdt.experiments.setup import InvariantError
 from kdt.experiments.setup import Setup
+from kdt.tickets import batch as batch_lib
 from kdt.tickets import recipes as recipes_lib
 from kdt.tickets import tweaks as tweaks_lib
 from kdt.train import loop
@@ -85,6 +86,21 @@ def run_rounds(setup: Setup, imp: ml_collections.ConfigDict, workdir: str, *,
     The result rows: the dense run, then one row per (round, recipe).
   """
   return IMPRounds(setup, imp, workdir).run(write_report=write_report)
+
+
+def run_replicates(setups: Sequence[Setup], config: ml_collections.ConfigDict) -> list[dict]:
+  """Experiment ``imp`` for every replicate's Setup, advanced together round by round.
+
+  Each replicate's dense run, and each round's recipes, train as one batch of tickets across the
+  replicates (:func:`kdt.tickets.batch.drive`); every replicate keeps its own directory,
+  ``results.json`` and masks. Returns every replicate's rows, each with its ``replicate``.
+  """
+  rounds = [IMPRounds(setup, config.imp, setup.workdir) for setup in setups]
+  per_replicate = batch_lib.drive([r.plan() for r in rounds], setups[0].train_jobs)
+  rows = [dict(row, replicate=index) for index, replicate_rows in enumerate(per_replicate)
+          for row in replicate_rows]
+  rounds[0].report(rows, workdir=os.path.dirname(setups[0].workdir))
+  return rows
 
 
 def imp_group(imp: ml_collections.ConfigDict, **overrides) -> ml_collections.ConfigDict:
@@ -168,10 +184,14 @@ class IMPRounds:
 
   # ----- the experiment ---------------------------------------------------------------------------
 
-  def run(self, write_report: bool = True) -> list[dict]:
-    """Dense run, then every round and recipe; returns the results rows."""
-    start = time.time()
-    dense = self.trainer.train(self.dense)
+  def plan(self) -> Generator[list[batch_lib.Job], list[loop.RunResult], list[dict]]:
+    """The experiment as a coroutine: yields the runs it needs trained now (the dense run, then
+    each round's recipes), receives their results, returns the result rows.
+
+    :func:`kdt.tickets.batch.drive` advances several plans together (the replicates), so a
+    round's runs of every replicate train as one batch of tickets.
+    """
+    (dense,) = yield [batch_lib.Job(self.trainer, self.dense)]
     rows = [self._row(0, "dense", dense, self.dense.mask, 0.0)]
     theta_0 = self._restore_dense(0)
     theta_k = self._restore_dense(self.imp.rewind_step)
@@ -182,7 +202,7 @@ class IMPRounds:
 
     for round_index in range(1, self.imp.num_rounds + 1):
       masks: dict[str, Any] = {}
-      current: dict[str, tuple[Weights, Any]] = {}
+      jobs = []
       for recipe in self.recipes:
         directory = round_dir(self.workdir, round_index, recipe.name)
         with timing.timed("pruning"):
@@ -194,28 +214,43 @@ class IMPRounds:
         with timing.timed("setup"):
           run = self._retraining_run(round_index, recipe, mask, theta_0, theta_k, previous,
                                      dense_model, teacher_tables)
-        result = self._trainer_for(recipe).train(run)
+        jobs.append(batch_lib.Job(self._trainer_for(recipe), run))
+      results = yield jobs
+      current: dict[str, tuple[Weights, Any]] = {}
+      for recipe, job, result in zip(self.recipes, jobs, results):
         with timing.timed("pruning"):
-          self._check_pruned_zero(round_index, recipe.name, result.state.params, run.mask)
+          self._check_pruned_zero(round_index, recipe.name, result.state.params, job.run.mask)
         params, batch_stats = result.state.params, result.state.batch_stats
         if self.tweaks.applies_to(recipe.name):  # drop ghost leaves: later rounds prune the rest
           params, batch_stats = self.tweaks.lower_variables(params, batch_stats)
-        current[recipe.name] = (Weights(params, batch_stats), mask)
-        rows.append(self._row(round_index, recipe.name, result, mask, self.densities[round_index - 1]))
-        self._write_results(rows)
+        current[recipe.name] = (Weights(params, batch_stats), job.run.mask)
+        rows.append(self._row(round_index, recipe.name, result, job.run.mask,
+                              self.densities[round_index - 1]))
+      self._write_results(rows)
       previous = current
       self._record_layer_densities(round_index, masks)
+    return rows
 
+  def run(self, write_report: bool = True) -> list[dict]:
+    """Dense run, then every round and recipe; returns the results rows."""
+    start = time.time()
+    (rows,) = batch_lib.drive([self.plan()], self.setup.train_jobs)
     if write_report:
-      faults.maybe_kill("plots_write")
-      with timing.timed("results_and_plots"):
-        if jax.process_index() == 0:
-          report.write_imp_plots(self.workdir, rows, self.layer_densities, title=self.setup.title)
-          report.write_imp_tensorboard(self.workdir, rows)
-        print(report.format_table(rows, title=self.setup.title), flush=True)
+      self.report(rows)
     log.info("IMP finished in %.1f s (this invocation); results in %s",
              time.time() - start, os.path.join(self.workdir, "results.json"))
     return rows
+
+  def report(self, rows: list[dict], workdir: str | None = None) -> None:
+    """Plots, TensorBoard summary and the terminal table of ``rows`` (in ``workdir``, default
+    this experiment's)."""
+    workdir = workdir or self.workdir
+    faults.maybe_kill("plots_write")
+    with timing.timed("results_and_plots"):
+      if jax.process_index() == 0:
+        report.write_imp_plots(workdir, rows, self.layer_densities, title=self.setup.title)
+        report.write_imp_tensorboard(workdir, rows)
+      print(report.format_table(rows, title=self.setup.title), flush=True)
 
   # ----- masks -------------------------------------------------------------------------------------
 

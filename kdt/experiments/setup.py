@@ -30,6 +30,7 @@ from kdt import parallel
 from kdt import pruning
 from kdt import report
 from kdt.pruning import basis as basis_lib
+from kdt.tickets import batch as batch_lib
 from kdt.tickets import recipes as recipes_lib
 from kdt.train import loop
 from kdt.train import losses
@@ -173,6 +174,38 @@ class Setup:
     """This Setup with more rewind points pinned in the dense run."""
     pins = tuple(sorted({*self.dense.pinned_steps, *pinned_steps}))
     return dataclasses.replace(self, dense=dataclasses.replace(self.dense, pinned_steps=pins))
+
+  def for_replicate(self, replicate: int) -> "Setup":
+    """Replicate ``replicate`` of this experiment (``config.replicates > 1``).
+
+    Its seeds are :func:`kdt.config_lib.replicate_config`'s, its directory
+    ``workdir/replicate_RR``, its runs named ``replicate_RR/<run>`` (logs, TensorBoard); the model,
+    dataset, mesh and the trainer's compiled steps are this Setup's, shared by every replicate.
+    """
+    config = config_lib.replicate_config(self.config, replicate)
+    name = config_lib.replicate_name(replicate)
+    workdir = os.path.join(self.workdir, name)
+    prefix = name + "/"
+    init = loop.init_state_fn(self.model, self.dataset.info.input_shape, self.optimizer.make(),
+                              config.seeds.init)
+    dense = dataclasses.replace(self.dense, directory=os.path.join(workdir, "dense"),
+                                init_state=init, data_seed=config.seeds.data_order,
+                                augment_seed=config.seeds.augment)
+    make_trainer = self.make_trainer
+
+    def make_replicate_trainer(*args, **kwargs):
+      return make_trainer(*args, **kwargs).with_name_prefix(prefix)
+
+    return dataclasses.replace(self, config=config, workdir=workdir, dense=dense,
+                               trainer=self.trainer.with_name_prefix(prefix),
+                               make_trainer=make_replicate_trainer,
+                               masks=checkpoint_lib.MaskStore())
+
+  def train_jobs(self, jobs: Sequence[batch_lib.Job]) -> list[loop.RunResult]:
+    """Trains ``jobs`` together as ``config.tickets`` says (:func:`kdt.tickets.batch.train_jobs`)."""
+    tickets = self.config.tickets
+    return batch_lib.train_jobs(jobs, strategy=tickets.strategy,
+                                max_per_program=int(tickets.max_per_program))
 
   def fresh_weights(self, key: jax.Array) -> recipes_lib.Weights:
     """A new random initialisation of ``model`` (the random re-init control), jitted."""

@@ -10,6 +10,7 @@ and augmentation keys (both are functions of the step), so it ends with the same
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import signal
@@ -87,6 +88,14 @@ def install_stop_handlers() -> None:
   signal.signal(signal.SIGINT, _request_stop)
 
 
+def stop_requested() -> bool:
+  """Whether SIGTERM or Ctrl-C asked the training loops to stop at the next step boundary."""
+  return _STOP_REQUESTED.is_set()
+
+
+def stop_error(run_name: str, step: int, directory: str) -> PreemptedError:
+  """The :class:`PreemptedError` a loop raises after saving ``step`` on a requested stop."""
+  return _stop_error(run_name, step, directory)
 
 
 def _stop_error(run_name: str, step: int, directory: str) -> PreemptedError:
@@ -224,6 +233,7 @@ class Trainer:
                progress: Callable[[Progress], None] | None = None):
     self.model = model
     self.progress = progress
+    self.name_prefix = ""
     self.teacher_model = model if teacher_model is None else teacher_model
     self.dataset = dataset
     self.mesh = mesh
@@ -239,6 +249,40 @@ class Trainer:
     self._compiled: set[Callable] = set()  # step functions called (compiled) at least once
     self._replicated = parallel.replicated(mesh)
     self._eval = jax.jit(self._eval_fn, out_shardings=self._replicated)
+
+  def with_name_prefix(self, prefix: str) -> "Trainer":
+    """This trainer for runs named ``prefix + run.name`` (one replicate's runs: their logs and
+    TensorBoard folders), sharing this trainer's compiled steps (a shallow copy)."""
+    other = copy.copy(self)
+    other.name_prefix = prefix
+    return other
+
+  @property
+  def compile_cache_id(self) -> int:
+    """Equal for this trainer and its :meth:`with_name_prefix` copies (they share compiles)."""
+    return id(self._train_steps)
+
+  def named(self, run: Run) -> Run:
+    """``run`` under this trainer's name prefix (a no-op without one)."""
+    if not self.name_prefix or run.name.startswith(self.name_prefix):
+      return run
+    return dataclasses.replace(run, name=self.name_prefix + run.name)
+
+  def compiled(self, key: Any, build: Callable[[], Callable]) -> Callable:
+    """The jitted function cached under ``key`` (built by ``build()`` on first use): one compile
+    per variant, shared with every copy of this trainer."""
+    if key not in self._train_steps:
+      self._train_steps[key] = build()
+    return self._train_steps[key]
+
+  def call_step(self, step_fn: Callable, *args) -> Any:
+    """``step_fn(*args)``; its first call blocks and is timed as ``compile``."""
+    if step_fn in self._compiled:
+      return step_fn(*args)
+    with timing.timed("compile"):
+      out = jax.block_until_ready(step_fn(*args))
+    self._compiled.add(step_fn)
+    return out
 
   # ----- compiled pieces ------------------------------------------------------------------------
 
@@ -284,9 +328,7 @@ class Trainer:
   def train_step_for(self, run: Run) -> Callable:
     """The compiled step for ``run``'s variant (cached: one compile per variant)."""
     key = self.variant(run)
-    if key not in self._train_steps:
-      self._train_steps[key] = self._train_step_fn(key)
-    return self._train_steps[key]
+    return self.compiled(key, lambda: self._train_step_fn(key))
 
   def _eval_fn(self, params, batch_stats, mask, raw_batch, step=None):
     images = data_lib.preprocess(raw_batch["image"], jax.random.key(0), info=self.dataset.info,
@@ -335,13 +377,14 @@ class Trainer:
       NonFiniteLossError: the loss became NaN/inf; the last good checkpoint is kept.
       PreemptedError: SIGTERM or SIGINT was received; the current step has been checkpointed.
     """
-    ckpt = self._checkpointer(run)
+    run = self.named(run)
+    ckpt = self.checkpointer(run)
     try:
       return self._train(run, ckpt)
     finally:
       ckpt.close()
 
-  def _checkpointer(self, run: Run) -> checkpoint_lib.Checkpointer:
+  def checkpointer(self, run: Run) -> checkpoint_lib.Checkpointer:
     """``run``'s checkpoints, with its pinned steps (and its final step) kept forever."""
     pinned = tuple(sorted(set(run.pinned_steps) | {run.end_step}))
     return checkpoint_lib.Checkpointer(run.directory, pinned_steps=pinned,
@@ -368,7 +411,8 @@ class Trainer:
       CheckpointMismatchError: the checkpoint holds another model (nothing is replayed).
       CheckpointCorruptError: it is damaged and no earlier state to replay from is usable.
     """
-    ckpt = self._checkpointer(run)
+    run = self.named(run)
+    ckpt = self.checkpointer(run)
     try:
       like = self._abstract_state(run)
       try:
@@ -418,9 +462,9 @@ class Trainer:
     teacher = run.teacher
     started = time.time()
     for at in range(start, step):
-      raw_batch = parallel.global_batch(self._train_batch(at, run), self.mesh)
+      raw_batch = parallel.global_batch(self.train_batch(at, run), self.mesh)
       if run.teacher_logits_table is not None:
-        teacher = self._cached_teacher_logits(at, run)
+        teacher = self.cached_teacher_logits(at, run)
       state, _ = step_fn(state, mask, raw_batch, teacher, augment_key)
     meta = dict(meta, steps_trained=meta.get("steps_trained", 0) + step - start, finished=False,
                 history=[h for h in meta.get("history", []) if h["step"] <= step])
@@ -437,28 +481,45 @@ class Trainer:
     return state, dict(meta, fingerprint=got)
 
   def _train(self, run: Run, ckpt: checkpoint_lib.Checkpointer) -> RunResult:
-    with timing.timed("train_steps"):  # exclusive: data, eval, checkpoints, compile are nested
-      return self._train_timed(run, ckpt)
+    state, meta, finished = self.open_run(run, ckpt)
+    if finished:
+      return RunResult(state, meta)
+    return self.continue_run(run, ckpt, state, meta)
 
-  def _train_timed(self, run: Run, ckpt: checkpoint_lib.Checkpointer) -> RunResult:
-    s = self.settings
+  def open_run(self, run: Run, ckpt: checkpoint_lib.Checkpointer) -> tuple[TrainState, dict, bool]:
+    """``run``'s latest checkpoint, or its starting state (saved at once on a pinned step).
+
+    Returns:
+      ``(state, meta, finished)``; a finished run is loaded, never retrained.
+    """
     with timing.timed("checkpoints"):
       restored = ckpt.restore_latest(self._abstract_state(run))
     if restored is not None:
       latest, state, meta = restored
       if meta.get("finished"):
         log.info("[%s] already finished at step %d (%s); not retraining.", run.name, latest,
-                     _format_eval(meta["history"][-1]))
-        return RunResult(state, meta)
+                 _format_eval(meta["history"][-1]))
+        return state, meta, True
       log.info("resuming %s from step %d of %d.", run.name, latest, run.end_step)
-    else:
+      return state, meta, False
+    with timing.timed("setup"):
       state = _place(run.init_state(), self._replicated)
-      meta = {"run": run.name, "history": [], "steps_trained": 0, "wall_time": 0.0,
-              "start_step": int(state.step), "finished": False}
-      if int(state.step) in run.pinned_steps:  # e.g. theta_0; other starts are rebuilt on resume
-        with timing.timed("checkpoints"):
-          ckpt.save(int(state.step), state, meta)
+    meta = {"run": run.name, "history": [], "steps_trained": 0, "wall_time": 0.0,
+            "start_step": int(state.step), "finished": False}
+    if int(state.step) in run.pinned_steps:  # e.g. theta_0; other starts are rebuilt on resume
+      with timing.timed("checkpoints"):
+        ckpt.save(int(state.step), state, meta)
+    return state, meta, False
 
+  def continue_run(self, run: Run, ckpt: checkpoint_lib.Checkpointer, state: TrainState,
+                   meta: dict) -> RunResult:
+    """Trains ``run`` from ``state`` (:meth:`open_run`'s) to its end step."""
+    with timing.timed("train_steps"):  # exclusive: data, eval, checkpoints, compile are nested
+      return self._train_timed(run, ckpt, state, meta)
+
+  def _train_timed(self, run: Run, ckpt: checkpoint_lib.Checkpointer, state: TrainState,
+                   meta: dict) -> RunResult:
+    s = self.settings
     mask = parallel.replicate(run.mask, self.mesh)
     teacher = run.teacher
     step_fn = self.train_step_for(run)
@@ -520,7 +581,7 @@ class Trainer:
 
     if s.eval_at_start and not meta["history"]:
       with timing.timed("eval"):
-        self._record_eval(run, state, mask, step, meta, writer)
+        self.record_eval(run, state, mask, step, meta, writer)
     first_step = step
     while step < run.end_step:
       if _STOP_REQUESTED.is_set():
@@ -528,17 +589,11 @@ class Trainer:
           save(step)
         raise _stop_error(run.name, step, run.directory)
       with timing.timed("data"):
-        local = self._train_batch(step, run)
+        local = self.train_batch(step, run)
         raw_batch = parallel.global_batch(local, self.mesh)
         if run.teacher_logits_table is not None:
-          teacher = self._cached_teacher_logits(step, run)
-      if step_fn in self._compiled:
-        state, metrics = step_fn(state, mask, raw_batch, teacher, augment_key)
-      else:  # the first call of a variant compiles it
-        with timing.timed("compile"):
-          state, metrics = jax.block_until_ready(step_fn(state, mask, raw_batch, teacher,
-                                                         augment_key))
-        self._compiled.add(step_fn)
+          teacher = self.cached_teacher_logits(step, run)
+      state, metrics = self.call_step(step_fn, state, mask, raw_batch, teacher, augment_key)
       pending.append((step, metrics))
       faults.maybe_kill("step", run.name)
       step += 1
@@ -548,21 +603,21 @@ class Trainer:
         flush_metrics()
       if s.eval_every_steps and step % s.eval_every_steps == 0 and step < run.end_step:
         flush_metrics()
-        excluded("eval", self._record_eval, run, state, mask, step, meta, writer)
+        excluded("eval", self.record_eval, run, state, mask, step, meta, writer)
       if step < run.end_step and ((s.checkpoint_every_steps and step % s.checkpoint_every_steps == 0)
                                   or step in run.pinned_steps):
         save(step)
     flush_metrics()
     if not meta["history"] or meta["history"][-1]["step"] != step:
       with timing.timed("eval"):
-        self._record_eval(run, state, mask, step, meta, writer)
+        self.record_eval(run, state, mask, step, meta, writer)
     save(step, finished=True)
     if writer:
       writer.flush()
     log.info("[%s] finished: %s", run.name, _format_eval(meta["history"][-1]))
     return RunResult(state, meta)
 
-  def _cached_teacher_logits(self, step: int, run: Run) -> jax.Array:
+  def cached_teacher_logits(self, step: int, run: Run) -> jax.Array:
     """The cached teacher logits of exactly the rows :meth:`_train_batch` returns."""
     indices = data_lib.train_batch_indices(len(self.dataset.train), self.settings.batch_size, step,
                                            run.data_seed)
@@ -583,14 +638,14 @@ class Trainer:
               for local in self.dataset.eval_batches("train", self.settings.eval_batch_size)]
     return np.concatenate(chunks)[:len(self.dataset.train)]
 
-  def _train_batch(self, step: int, run: Run) -> dict:
+  def train_batch(self, step: int, run: Run) -> dict:
     """This process's rows of the global batch of ``step`` (host arrays)."""
     if self.dataset.info.streaming:
       return self.dataset.train_batch(step, self.settings.batch_size, run.data_seed,
                                       augment=self.augment, augment_seed=run.augment_seed)
     return self.dataset.train_batch(step, self.settings.batch_size, run.data_seed)
 
-  def _record_eval(self, run, state, mask, step, meta, writer):
+  def record_eval(self, run, state, mask, step, meta, writer):
     at = state.step if getattr(self.model, "conditioned_on_step", False) else None
     result = {"step": step, **self.evaluate_all(state.params, state.batch_stats, mask, at)}
     meta["history"].append(result)
