@@ -1,5 +1,6 @@
-"""Many tickets at once: every strategy gives what training the tickets one by one gives."""
+"""Many runs at once (the ticket axis): every strategy gives what training the runs one by one gives."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -25,26 +26,34 @@ LOSS = loop.losses.LossConfig(kd_alpha=0.5, kd_temperature=2.0)
 
 
 def _setup(dataset=None, num_tickets=3):
-  """A trainer on digits and K LeNet tickets differing in init, mask, data order and augmentation."""
+  """A trainer on digits and K LeNet run factories differing in init, mask, data order,
+  augmentation and KD teacher (``make_runs(root)`` -> the K runs, checkpointing under root)."""
   dataset = dataset or data_lib.load_dataset("digits")
   model = models_lib.create_model("lenet_300_100", num_classes=10,
                                   input_shape=dataset.info.input_shape)
   settings = loop.LoopSettings(batch_size=32, eval_batch_size=120, log_every_steps=5,
-                               checkpoint_every_steps=4, keep_checkpoints=1)
+                               eval_every_steps=5, checkpoint_every_steps=4, keep_checkpoints=1)
   trainer = loop.Trainer(model, dataset, parallel.make_mesh(), settings)
   direction = OPTIMIZER.make()
-  tickets = []
+  parts = []
   for k in range(num_tickets):
     init = loop.init_state_fn(model, dataset.info.input_shape, direction, seed=k)
     shapes = jax.eval_shape(init).params
     # Ticket k keeps the weights whose hashed index is not divisible by k + 2: distinct masks.
     mask = jax.tree.map(lambda x, k=k: (np.arange(int(np.prod(x.shape))).reshape(x.shape) * 7919
                                         % (k + 2)) != 0, shapes)
-    tickets.append(batch.Ticket(f"ticket_{k}", _masked(init, mask), mask, data_seed=10 + k,
-                                augment_seed=20 + k))
-  teacher_init = loop.init_state_fn(model, dataset.info.input_shape, direction, seed=99)()
-  teacher = {"params": teacher_init.params, "batch_stats": teacher_init.batch_stats}
-  return trainer, tickets, teacher
+    teacher_state = loop.init_state_fn(model, dataset.info.input_shape, direction, seed=99 + k)()
+    teacher = {"params": teacher_state.params, "batch_stats": teacher_state.batch_stats}
+    parts.append((f"ticket_{k}", _masked(init, mask), mask, teacher, 10 + k, 20 + k))
+
+  def make_runs(root, teacher=True):
+    return [loop.Run(name=name, directory=os.path.join(str(root), name), init_state=init,
+                     mask=mask, end_step=END_STEP, optimizer=OPTIMIZER, schedule=SCHEDULE,
+                     loss=LOSS, teacher=teacher_vars if teacher else None, data_seed=data_seed,
+                     augment_seed=augment_seed)
+            for name, init, mask, teacher_vars, data_seed, augment_seed in parts]
+
+  return trainer, make_runs
 
 
 def _masked(init, mask):
@@ -52,22 +61,12 @@ def _masked(init, mask):
   return lambda: (lambda state: state.replace(params=steps.apply_mask(state.params, mask)))(init())
 
 
-def _one_by_one(trainer, tickets, teacher, root):
-  results = []
-  for ticket in tickets:
-    run = loop.Run(name=ticket.name, directory=str(root / ticket.name),
-                   init_state=ticket.init_state, mask=ticket.mask, end_step=END_STEP,
-                   optimizer=OPTIMIZER, schedule=SCHEDULE, loss=LOSS, teacher=teacher,
-                   data_seed=ticket.data_seed, augment_seed=ticket.augment_seed)
-    results.append(trainer.train(run))
-  return results
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-  trainer, tickets, teacher = _setup()
-  results = _one_by_one(trainer, tickets, teacher, tmp_path_factory.mktemp("one_by_one"))
-  return [parallel.to_host(r.state.params) for r in results], [r.final for r in results]
+  """The runs trained one by one by the single-run loop."""
+  trainer, make_runs = _setup()
+  results = [trainer.train(run) for run in make_runs(tmp_path_factory.mktemp("one_by_one"))]
+  return [parallel.to_host(r.state.params) for r in results], [r.meta["history"] for r in results]
 
 
 def _max_difference(a, b):
@@ -75,24 +74,46 @@ def _max_difference(a, b):
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+def _assert_matches(results, runs, reference, atol):
+  want_params, want_histories = reference
+  for k, (result, run) in enumerate(zip(results, runs)):
+    assert int(result.state.step) == END_STEP and result.meta["finished"]
+    assert _max_difference(result.state.params, want_params[k]) <= atol
+    for p, m in zip(jax.tree.leaves(result.state.params), jax.tree.leaves(run.mask)):
+      assert not np.any(np.asarray(p)[~m])  # pruned weights stayed exactly zero
+    history = result.meta["history"]
+    assert [h["step"] for h in history] == [h["step"] for h in want_histories[k]] == [5, 10]
+    for got, want in zip(history, want_histories[k]):
+      assert got["test_accuracy"] == pytest.approx(want["test_accuracy"], abs=1e-5)
+      assert got["test_loss"] == pytest.approx(want["test_loss"], abs=1e-4)
+  # The tickets really differ (masks, seeds, teachers): the batch did not train one K times.
+  assert _max_difference(results[0].state.params, results[1].state.params) > 1e-3
+
+
 @pytest.mark.parametrize("strategy, atol", [("sequential", 0.0), ("lax_map", 1e-6), ("vmap", 1e-6)])
-def test_batch_equals_one_by_one(strategy, atol, reference):
-  want_params, want_evals = reference
-  trainer, tickets, teacher = _setup()
-  result = batch.BatchTrainer(trainer, strategy).train(
-      tickets, end_step=END_STEP, optimizer=OPTIMIZER, schedule=SCHEDULE, loss=LOSS,
-      teacher=teacher)
-  assert result.strategy == strategy
-  for k, state in enumerate(result.states):
-    assert int(state.step) == END_STEP
-    assert _max_difference(state.params, want_params[k]) <= atol
-    # pruned weights stayed exactly zero
-    for p, m in zip(jax.tree.leaves(state.params), jax.tree.leaves(tickets[k].mask)):
-      assert not np.any(np.asarray(p)[~m])
-    for key in ("test_accuracy", "test_loss"):
-      assert result.evaluations[k][key] == pytest.approx(want_evals[k][key], abs=1e-5)
-  # The tickets really differ (masks, seeds): the batch did not train one ticket K times.
-  assert _max_difference(result.states[0].params, result.states[1].params) > 1e-3
+def test_train_runs_equals_one_by_one(strategy, atol, reference, tmp_path, caplog):
+  trainer, make_runs = _setup()
+  runs = make_runs(tmp_path)
+  with caplog.at_level("INFO", logger="kdt.tickets.batch"):
+    results = batch.train_runs(trainer, runs, strategy=strategy)
+  _assert_matches(results, runs, reference, atol)
+  if strategy != "sequential":
+    assert f"3 runs together with strategy {strategy}" in caplog.text
+  # Each run checkpointed in its own directory, in the single-run format: the single-run loop
+  # loads them as finished (it would raise if it trained: the dataset crashes at step 0).
+  trainer, make_runs = _setup(_CrashAt(data_lib.load_dataset("digits"), 0))
+  for run, result in zip(make_runs(tmp_path), results):
+    again = trainer.train(run)
+    assert _max_difference(again.state.params, result.state.params) == 0.0
+
+
+def test_max_per_program_splits_the_batch(reference, tmp_path, caplog):
+  trainer, make_runs = _setup()
+  runs = make_runs(tmp_path)
+  with caplog.at_level("INFO", logger="kdt.tickets.batch"):
+    results = batch.train_runs(trainer, runs, strategy="vmap", max_per_program=2)
+  assert "2 runs together" in caplog.text and "3 runs together" not in caplog.text
+  _assert_matches(results, runs, reference, 1e-6)
 
 
 class _CrashAt:
@@ -110,56 +131,80 @@ class _CrashAt:
     return self._dataset.train_batch(step, *args, **kwargs)
 
 
-def test_resume_after_a_crash_and_finished_batches_are_loaded(tmp_path, reference):
-  want_params, _ = reference
+def test_resume_after_a_crash_mid_batch(tmp_path, reference):
   dataset = data_lib.load_dataset("digits")
-  directory = str(tmp_path / "tickets")
-  trainer, tickets, teacher = _setup(_CrashAt(dataset, 6))
+  trainer, make_runs = _setup(_CrashAt(dataset, 6))
   with pytest.raises(KeyboardInterrupt):
-    batch.BatchTrainer(trainer, "vmap").train(tickets, end_step=END_STEP, optimizer=OPTIMIZER,
-                                              schedule=SCHEDULE, loss=LOSS, teacher=teacher,
-                                              directory=directory)
-  assert sorted(os.listdir(directory)) == ["4"]  # checkpointed at step 4, killed at step 6
-  trainer, tickets, teacher = _setup(dataset)
-  resumed = batch.BatchTrainer(trainer, "vmap").train(
-      tickets, end_step=END_STEP, optimizer=OPTIMIZER, schedule=SCHEDULE, loss=LOSS,
-      teacher=teacher, directory=directory)
-  for k, state in enumerate(resumed.states):
-    assert _max_difference(state.params, want_params[k]) <= 1e-6
-  # Run again: the finished batch is loaded (no step trained), with the same weights.
-  trainer, tickets, teacher = _setup(_CrashAt(dataset, 0))  # would raise if it trained
-  again = batch.BatchTrainer(trainer, "sequential").train(
-      tickets, end_step=END_STEP, optimizer=OPTIMIZER, schedule=SCHEDULE, loss=LOSS,
-      teacher=teacher, directory=directory)
-  for a, b in zip(again.states, resumed.states):
-    assert _max_difference(a.params, b.params) == 0.0
-  with pytest.raises(ValueError, match="holds tickets"):
-    batch.BatchTrainer(trainer).train(tickets[:2], end_step=END_STEP, optimizer=OPTIMIZER,
-                                      schedule=SCHEDULE, directory=directory)
+    batch.train_runs(trainer, make_runs(tmp_path), strategy="vmap")
+  for k in range(3):  # each run checkpointed at step 4 in its own directory, killed at step 6
+    assert sorted(os.listdir(tmp_path / f"ticket_{k}")) == ["4"]
+  trainer, make_runs = _setup(dataset)
+  runs = make_runs(tmp_path)
+  resumed = batch.train_runs(trainer, runs, strategy="vmap")
+  _assert_matches(resumed, runs, reference, 1e-6)
 
 
-def test_non_finite_loss_names_the_ticket():
-  trainer, tickets, _ = _setup(num_tickets=2)
-  good_init = tickets[1].init_state
+def test_runs_at_different_steps_train_in_separate_groups(tmp_path, reference, caplog):
+  """A kill between two runs' checkpoint writes leaves them at different steps: each group
+  still ends where one-by-one training ends."""
+  dataset = data_lib.load_dataset("digits")
+  crashing, make_runs = _setup(_CrashAt(dataset, 6))
+  with pytest.raises(KeyboardInterrupt):  # run 0 alone, killed at step 6: checkpoint at step 4
+    crashing.train(make_runs(tmp_path)[0])
+  trainer, make_runs = _setup(dataset)
+  runs = make_runs(tmp_path)
+  with caplog.at_level("INFO", logger="kdt.tickets.batch"):
+    results = batch.train_runs(trainer, runs, strategy="vmap")
+  assert "2 runs together" in caplog.text  # runs 1 and 2; run 0 continues alone
+  _assert_matches(results, runs, reference, 1e-6)
+
+
+def test_cached_teacher_logits_per_ticket(tmp_path):
+  """Each ticket's own cached teacher logits (IMP's ``cache_teacher_logits``) under vmap."""
+  trainer, make_runs = _setup()
+  runs = [dataclasses.replace(run, teacher=None,
+                              teacher_logits_table=trainer.teacher_logits_table(run.teacher))
+          for run in make_runs(tmp_path / "a")]
+  one_by_one = [trainer.train(dataclasses.replace(run, directory=str(tmp_path / "b" / run.name)))
+                for run in runs]
+  together = batch.train_runs(trainer, runs, strategy="vmap")
+  for a, b in zip(one_by_one, together):
+    assert _max_difference(a.state.params, b.state.params) <= 1e-6
+
+
+def test_non_finite_loss_names_the_run(tmp_path):
+  trainer, make_runs = _setup(num_tickets=2)
+  runs = make_runs(tmp_path, teacher=False)
+  good_init = runs[1].init_state
 
   def poisoned():
     state = good_init()
     return state.replace(params=jax.tree.map(lambda p: p * jnp.nan, state.params))
 
-  tickets[1] = batch.Ticket("poisoned", poisoned, tickets[1].mask)
+  runs[1] = dataclasses.replace(runs[1], name="poisoned", init_state=poisoned)
   with pytest.raises(loop.NonFiniteLossError, match="poisoned"):
-    batch.BatchTrainer(trainer, "vmap").train(tickets, end_step=2, optimizer=OPTIMIZER,
-                                              schedule=SCHEDULE)
+    batch.train_runs(trainer, runs, strategy="vmap")
 
 
-def test_tickets_must_share_their_step_range():
-  trainer, tickets, _ = _setup(num_tickets=2)
-  start = tickets[1].init_state
-  tickets[1] = batch.Ticket("later", lambda: start().replace(step=jnp.asarray(3, jnp.int32)),
-                            tickets[1].mask)
-  with pytest.raises(ValueError, match="different schedule steps"):
-    batch.BatchTrainer(trainer).train(tickets, end_step=END_STEP, optimizer=OPTIMIZER,
-                                      schedule=SCHEDULE)
+def test_drive_advances_plans_in_lockstep_and_train_jobs_keeps_order(tmp_path):
+  """Two plans' requests are trained as one list; each plan gets its own results back."""
+  trainer, make_runs = _setup(num_tickets=4)
+  runs = make_runs(tmp_path, teacher=False)
+  calls = []
+
+  def plan(first, second):
+    (a,) = yield [batch.Job(trainer.with_name_prefix(f"p{first}/"), runs[first])]
+    (b,) = yield [batch.Job(trainer.with_name_prefix(f"p{first}/"), runs[second])]
+    return int(a.state.step), b.meta["run"]
+
+  def train(jobs):
+    calls.append([job.trainer.named(job.run).name for job in jobs])
+    return batch.train_jobs(jobs, strategy="sequential")
+
+  out = batch.drive([plan(0, 1), plan(2, 3)], train)
+  assert calls == [["p0/ticket_0", "p2/ticket_2"], ["p0/ticket_1", "p2/ticket_3"]]
+  assert out == [(END_STEP, "p0/ticket_1"), (END_STEP, "p2/ticket_3")]
+  assert trainer.with_name_prefix("x/").compile_cache_id == trainer.compile_cache_id
 
 
 def test_choose_strategy_per_backend_and_checks():
@@ -184,12 +229,11 @@ _SHARD_MAP_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     import test_batch as t
     from kdt.tickets import batch
-    trainer, tickets, teacher = t._setup()
-    result = batch.BatchTrainer(trainer, "shard_map").train(
-        tickets, end_step=t.END_STEP, optimizer=t.OPTIMIZER, schedule=t.SCHEDULE, loss=t.LOSS,
-        teacher=teacher)
-    assert result.strategy == "shard_map" and jax.local_device_count() == len(tickets)
-    leaves = [np.asarray(x) for s in result.states for x in jax.tree.leaves(s.params)]
+    trainer, make_runs = t._setup()
+    runs = make_runs({root!r})
+    results = batch.train_runs(trainer, runs, strategy="shard_map")
+    assert jax.local_device_count() == len(runs)
+    leaves = [np.asarray(x) for r in results for x in jax.tree.leaves(r.state.params)]
     np.savez({out!r}, *leaves)
     """)
 
@@ -201,7 +245,8 @@ def test_shard_map_over_three_devices_equals_one_by_one(tmp_path, reference):
   env.update(JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1",
              XLA_FLAGS="--xla_force_host_platform_device_count=3")
   out = str(tmp_path / "params.npz")
-  script = _SHARD_MAP_SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__)), out=out)
+  script = _SHARD_MAP_SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__)), out=out,
+                                    root=str(tmp_path / "runs"))
   proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=180)
   assert proc.returncode == 0, proc.stderr[-3000:]
