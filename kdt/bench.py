@@ -91,11 +91,13 @@ class Settings:
     torch_workers: ``DataLoader`` worker processes.
     torch_one_thread: also time PyTorch eager masked KD with one thread (a reference for loaded
       machines, where a multi-threaded OpenMP step slows down far more than one thread).
-    ticket_model: model of the ``tickets`` section.
-    ticket_counts: the K's.
+    ticket_models: models of the ``tickets`` section.
+    ticket_counts: the K's (K = 1 is the reference of the throughput ratios).
     ticket_batch_size: batch size of each ticket.
     ticket_steps: timed rounds of the ``tickets`` section.
     ticket_strategies: strategies timed (``"lax_map"`` too if listed; it is slowest on CPU).
+    ticket_quickstart_replicates: R of the quickstart timed with ``replicates=R`` against R
+      single-replicate commands (0 = skip).
     quickstart_overrides: config overrides for the ``pipeline`` section (empty = the quickstart).
     matmul_size: side of the square matmuls that measure the peak.
   """
@@ -115,19 +117,23 @@ class Settings:
   loop_examples: int = 10_000
   torch_workers: int = 2
   torch_one_thread: bool = True
-  ticket_model: str = "resnet20"
-  ticket_counts: tuple[int, ...] = (2, 4)
-  ticket_batch_size: int = 64
+  ticket_models: tuple[str, ...] = ("lenet_300_100", "resnet20")
+  ticket_counts: tuple[int, ...] = (1, 2, 4, 8, 16)
+  ticket_batch_size: int = 128
   ticket_steps: int = 20
   ticket_strategies: tuple[str, ...] = ("vmap", "shard_map", "sequential")
+  ticket_quickstart_replicates: int = 3
   quickstart_overrides: tuple[tuple[str, Any], ...] = ()
   matmul_size: int = 2048
 
 
 FULL = Settings()
+DEVICE = Settings(ticket_strategies=("vmap", "sequential", "lax_map"), ticket_quickstart_replicates=0)
+"""``--device``: the tickets section on an accelerator (one command, a few minutes on one GPU)."""
 QUICK = Settings(
     models=("lenet_300_100",), lever_models=("lenet_300_100",), loop_models=("lenet_300_100",),
-    loop_chunks=20, loop_examples=2_000, ticket_model="lenet_300_100", ticket_counts=(2,),
+    loop_chunks=20, loop_examples=2_000, ticket_models=("lenet_300_100",), ticket_counts=(1, 2),
+    ticket_quickstart_replicates=0,
     quickstart_overrides=(("imp.num_rounds", 2), ("imp.recipes", ("lth", "kd"))),
     matmul_size=1024)
 
@@ -690,8 +696,24 @@ def section_loop(settings: Settings, log: Callable[[str], None]) -> dict:
 
 # ----- section: tickets -----------------------------------------------------------------------------
 
-def section_tickets(settings: Settings, log: Callable[[str], None]) -> dict:
-  """K tickets at once: vmap, shard_map, sequential (K single steps) [, lax_map], interleaved."""
+def _program_bytes(jitted, *args) -> int:
+  """XLA's own memory plan of one compiled program: arguments + outputs + temporaries - aliased
+  (donated) buffers. Deterministic, and the same figure on CPU, GPU and TPU."""
+  analysis = jitted.lower(*args).compile().memory_analysis()
+  if analysis is None:
+    return 0
+  return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+             + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
+
+
+def _tree_bytes(tree) -> int:
+  import jax
+  return int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(tree)))
+
+
+def ticket_group(name: str, k: int, settings: Settings, log: Callable[[str], None]) -> dict:
+  """K tickets of ``name`` (batch ``ticket_batch_size`` each), every strategy interleaved:
+  ticket-images/s, memory of the program, compiles."""
   import jax
   import jax.numpy as jnp
   from jax.sharding import NamedSharding
@@ -701,7 +723,7 @@ def section_tickets(settings: Settings, log: Callable[[str], None]) -> dict:
   from kdt.train import losses, optim, steps
   from kdt.train.state import create_train_state
 
-  name, b = settings.ticket_model, settings.ticket_batch_size
+  b = settings.ticket_batch_size
   problem = make_problem(name, b)
   direction = optim.make_direction("sgd", momentum=0.9, weight_decay=1e-4)
   schedule = optim.make_schedule("constant", learning_rate=0.1, num_steps=10**6)
@@ -715,92 +737,155 @@ def section_tickets(settings: Settings, log: Callable[[str], None]) -> dict:
     return steps.train_step(state, mask, batch, None, model=problem.model, direction=direction,
                             schedule=schedule, loss=loss)
 
-  out = {"model": name, "batch_size_per_ticket": b, "kdt_devices": devices, "groups": {}}
-  for k in settings.ticket_counts:
-    states = [create_train_state(
-        dict(problem.model.init(jax.random.key(i), jnp.zeros((1, *problem.shape)), train=False)),
-        direction) for i in range(k)]
-    masks = [random_mask(s.params, jax.random.key(10 + i)) for i, s in enumerate(states)]
-    rng = np.random.default_rng(k)
-    images = rng.normal(size=(k, b, *problem.shape)).astype(np.float32)
-    labels = rng.integers(0, 10, (k, b)).astype(np.int32)
-    keys = jax.vmap(jax.random.key)(jnp.arange(k))
-    contenders, traces = {}, {}
+  states = [create_train_state(
+      dict(problem.model.init(jax.random.key(i), jnp.zeros((1, *problem.shape)), train=False)),
+      direction) for i in range(k)]
+  masks = [random_mask(s.params, jax.random.key(10 + i)) for i, s in enumerate(states)]
+  rng = np.random.default_rng(k)
+  images = rng.normal(size=(k, b, *problem.shape)).astype(np.float32)
+  labels = rng.integers(0, 10, (k, b)).astype(np.int32)
+  keys = jax.vmap(jax.random.key)(jnp.arange(k))
+  contenders, traces, memory = {}, {}, {}
 
-    def stacked_runner(strategy, state_sharding, batch_sharding, ticket_mesh=None):
-      mapped = batch_lib.map_over_tickets(one, strategy, ticket_mesh=ticket_mesh)
-      count = {"count": 0}
+  def stacked_runner(strategy, state_sharding, batch_sharding, ticket_mesh=None):
+    mapped = batch_lib.map_over_tickets(one, strategy, ticket_mesh=ticket_mesh)
+    count = {"count": 0}
 
-      def counted(*args):
-        count["count"] += 1
-        return mapped(*args)
+    def counted(*args):
+      count["count"] += 1
+      return mapped(*args)
 
-      jitted = jax.jit(counted, donate_argnums=(0,), out_shardings=(state_sharding, state_sharding))
-      box = [jax.device_put(jax.tree.map(np.array, batch_lib.stack(states)), state_sharding)]
-      stacked_masks = jax.device_put(batch_lib.stack(masks), state_sharding)
-      batch = {"image": jax.device_put(images, batch_sharding),
-               "label": jax.device_put(labels, batch_sharding)}
-      key_array = jax.device_put(keys, state_sharding)
+    jitted = jax.jit(counted, donate_argnums=(0,), out_shardings=(state_sharding, state_sharding))
+    box = [jax.device_put(jax.tree.map(np.array, batch_lib.stack(states)), state_sharding)]
+    stacked_masks = jax.device_put(batch_lib.stack(masks), state_sharding)
+    batch = {"image": jax.device_put(images, batch_sharding),
+             "label": jax.device_put(labels, batch_sharding)}
+    key_array = jax.device_put(keys, state_sharding)
+    def run():
+      box[0], metrics = jitted(box[0], stacked_masks, batch, None, key_array)
+      jax.block_until_ready((box[0], metrics))
 
-      def run():
-        box[0], metrics = jitted(box[0], stacked_masks, batch, None, key_array)
-        jax.block_until_ready((box[0], metrics))
+    run()
+    traced = count["count"]
+    memory[strategy] = _program_bytes(jitted, box[0], stacked_masks, batch, None, key_array)
+    count["count"] = traced  # the memory plan's lowering is not a step compile
+    return run, count
 
-      run()
-      return run, count
+  def sequential_runner():
+    """The single-ticket step (compiled once) called once per ticket, synced after all K."""
+    count = {"count": 0}
 
-    def sequential_runner(states, masks, images, labels):
-      """The single-ticket step (compiled once) called once per ticket, synced after all K."""
-      count = {"count": 0}
+    def counted(*args):
+      count["count"] += 1
+      return one(*args)
 
-      def counted(*args):
-        count["count"] += 1
-        return one(*args)
+    rows = parallel.batch_sharded(mesh)
+    jitted = jax.jit(counted, donate_argnums=(0,), out_shardings=(replicated, replicated))
+    boxes = [jax.device_put(jax.tree.map(np.array, s), replicated) for s in states]
+    placed = [(jax.device_put(m, replicated),
+               {"image": jax.device_put(x, rows), "label": jax.device_put(y, rows)})
+              for m, x, y in zip(masks, images, labels)]
+    def run():
+      metrics = []
+      for i, (mask, batch) in enumerate(placed):
+        boxes[i], m = jitted(boxes[i], mask, batch, None, None)
+        metrics.append(m)
+      jax.block_until_ready((boxes, metrics))
 
-      rows = parallel.batch_sharded(mesh)
-      jitted = jax.jit(counted, donate_argnums=(0,), out_shardings=(replicated, replicated))
-      boxes = [jax.device_put(jax.tree.map(np.array, s), replicated) for s in states]
-      placed = [(jax.device_put(m, replicated),
-                 {"image": jax.device_put(x, rows), "label": jax.device_put(y, rows)})
-                for m, x, y in zip(masks, images, labels)]
+    run()
+    traced = count["count"]
+    # One program in flight at a time, the other K - 1 states and masks resident.
+    memory["sequential"] = (_program_bytes(jitted, boxes[0], *placed[0], None, None)
+                            + (k - 1) * (_tree_bytes(states[0]) + _tree_bytes(masks[0])))
+    count["count"] = traced
+    return run, count
 
-      def run():
-        metrics = []
-        for i, (mask, batch) in enumerate(placed):
-          boxes[i], m = jitted(boxes[i], mask, batch, None, None)
-          metrics.append(m)
-        jax.block_until_ready((boxes, metrics))
+  data_rows = NamedSharding(mesh, P(None, parallel.DATA_AXIS))
+  for strategy in ("vmap", "lax_map"):
+    if strategy in settings.ticket_strategies:
+      contenders[strategy], traces[strategy] = stacked_runner(strategy, replicated, data_rows)
+  ticket_devices = max(d for d in range(1, jax.device_count() + 1)
+                       if k % d == 0 and d <= jax.device_count())
+  if ticket_devices > 1 and "shard_map" in settings.ticket_strategies:
+    ticket_mesh = jax.sharding.Mesh(np.array(jax.devices()[:ticket_devices]),
+                                    (batch_lib.TICKET_AXIS,),
+                                    axis_types=(jax.sharding.AxisType.Explicit,))
+    tickets_sharded = NamedSharding(ticket_mesh, P(batch_lib.TICKET_AXIS))
+    contenders["shard_map"], traces["shard_map"] = stacked_runner(
+        "shard_map", tickets_sharded, tickets_sharded, ticket_mesh)
+  if "sequential" in settings.ticket_strategies:
+    contenders["sequential"], traces["sequential"] = sequential_runner()
+  log(f"[tickets] {name} K={k}: timing {list(contenders)}, {settings.ticket_steps} rounds")
+  times = interleaved(contenders, warmup=settings.warmup, steps=settings.ticket_steps)
+  choice, reason = batch_lib.choose_strategy("auto", k)
+  return {
+      "contenders": {s: summary(v, k * b) for s, v in times.items()},
+      "times": times,
+      "ratios_vs_sequential": {s: paired_ratio(v, times["sequential"])
+                               for s, v in times.items() if s != "sequential"}
+                              if "sequential" in times else {},
+      "memory_bytes": memory,
+      "auto_choice": choice, "auto_reason": reason, "shard_map_devices": ticket_devices,
+      "kdt_devices": devices,
+      "one_compile_per_strategy": all(t["count"] == 1 for t in traces.values()),
+  }
 
-      run()
-      return run, count
 
-    data_rows = NamedSharding(mesh, P(None, parallel.DATA_AXIS))
-    for strategy in ("vmap", "lax_map"):
-      if strategy in settings.ticket_strategies:
-        contenders[strategy], traces[strategy] = stacked_runner(strategy, replicated, data_rows)
-    ticket_devices = max(d for d in range(1, jax.device_count() + 1)
-                         if k % d == 0 and d <= jax.device_count())
-    if ticket_devices > 1 and "shard_map" in settings.ticket_strategies:
-      ticket_mesh = jax.sharding.Mesh(np.array(jax.devices()[:ticket_devices]),
-                                      (batch_lib.TICKET_AXIS,),
-                                      axis_types=(jax.sharding.AxisType.Explicit,))
-      tickets_sharded = NamedSharding(ticket_mesh, P(batch_lib.TICKET_AXIS))
-      contenders["shard_map"], traces["shard_map"] = stacked_runner(
-          "shard_map", tickets_sharded, tickets_sharded, ticket_mesh)
-    if "sequential" in settings.ticket_strategies:
-      contenders["sequential"], traces["sequential"] = sequential_runner(states, masks, images,
-                                                                         labels)
-    log(f"[tickets] K={k} {name}: timing {list(contenders)}, {settings.ticket_steps} rounds")
-    times = interleaved(contenders, warmup=settings.warmup, steps=settings.ticket_steps)
-    choice, reason = batch_lib.choose_strategy("auto", k)
-    out["groups"][f"K={k}"] = {
-        "contenders": {s: summary(v, k * b) for s, v in times.items()},
-        "ratios_vs_sequential": {s: paired_ratio(v, times["sequential"])
-                                 for s, v in times.items() if s != "sequential"}
-                                if "sequential" in times else {},
-        "auto_choice": choice, "auto_reason": reason, "shard_map_devices": ticket_devices,
-        "one_compile_per_strategy": all(t["count"] == 1 for t in traces.values()),
-    }
+def quickstart_replicates(replicates: int, log: Callable[[str], None],
+                          overrides: tuple[str, ...] = ()) -> dict:
+  """``python -m kdt.main`` on the quickstart with ``replicates=R`` against R single-replicate
+  commands with the same seeds, one after another (fresh processes, wall and CPU seconds;
+  ``overrides``: extra ``--config.a.b=v`` flags for both)."""
+  import subprocess
+  from kdt import config_lib
+  config = quickstart_config()
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                      "quickstart.py")
+
+  def command(workdir, extra):
+    return [sys.executable, "-m", "kdt.main", "--config", path, "--workdir", workdir, *overrides,
+            *extra]
+
+  def timed(commands) -> tuple[float, float]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    for c in commands:
+      subprocess.run(c, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (time.perf_counter() - start,
+            after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+
+  with tempfile.TemporaryDirectory() as tmp:
+    log(f"[tickets] quickstart: replicates={replicates} in one command")
+    together_wall, together_cpu = timed([command(os.path.join(tmp, "together"),
+                                                 [f"--config.replicates={replicates}"])])
+    singles = []
+    for r in range(replicates):
+      seeds = config_lib.replicate_config(config, r).seeds
+      singles.append(command(os.path.join(tmp, f"single_{r}"),
+                             [f"--config.seeds.{f}={seeds[f]}" for f in config_lib.SEED_FIELDS]))
+    log(f"[tickets] quickstart: {replicates} single-replicate commands")
+    apart_wall, apart_cpu = timed(singles)
+  return {"replicates": replicates, "together_wall_s": together_wall,
+          "together_cpu_s": together_cpu, "apart_wall_s": apart_wall, "apart_cpu_s": apart_cpu,
+          "wall_ratio": together_wall / apart_wall, "load_average": list(os.getloadavg())}
+
+
+def section_tickets(settings: Settings, log: Callable[[str], None]) -> dict:
+  """Many tickets at once: per model and K, every strategy's ticket-images/s relative to K = 1
+  and to sequential, and the memory of its program; then the quickstart with replicates."""
+  out = {"batch_size_per_ticket": settings.ticket_batch_size, "models": {}}
+  for name in settings.ticket_models:
+    groups = {k: ticket_group(name, k, settings, log) for k in settings.ticket_counts}
+    base = groups.get(1)
+    for group in groups.values():
+      group["throughput_vs_k1"] = (
+          {s: c["images_per_s"] / base["contenders"][s]["images_per_s"]
+           for s, c in group["contenders"].items() if s in base["contenders"]} if base else {})
+      group.pop("times")
+    out["models"][name] = {f"K={k}": g for k, g in groups.items()}
+  if settings.ticket_quickstart_replicates:
+    out["quickstart"] = quickstart_replicates(settings.ticket_quickstart_replicates, log)
   return out
 
 
@@ -961,14 +1046,31 @@ def format_table(results: dict) -> str:
                      f"{_fmt(r['contenders'][other]['images_per_s'])} ({other}, "
                      f"{r['info'][other]['workers']} workers) | {value:.2f}× |")
   tickets = results.get("tickets") or {}
-  if tickets:
-    lines += ["", f"**K tickets at once ({tickets['model']}, batch {tickets['batch_size_per_ticket']} "
-              "per ticket): speed-up vs sequential (the single-ticket step K times)**", "",
-              "| K | vmap | shard_map | kdt's choice |", "|---|---|---|---|"]
-    for k, g in tickets["groups"].items():
-      r = g["ratios_vs_sequential"]
-      lines.append(f"| {k[2:]} | {_fmt(r.get('vmap'), '.2f')}× | {_fmt(r.get('shard_map'), '.2f')}× "
-                   f"| {g['auto_choice']} |")
+  for name, groups in (tickets.get("models") or {}).items():
+    strategies = list(dict.fromkeys(s for g in groups.values() for s in g["contenders"]))
+    lines += ["", f"**K tickets at once: {name}, batch {tickets['batch_size_per_ticket']} per ticket"
+              "** — ticket-images/s relative to K = 1 of the same strategy; [× sequential at that "
+              "K]; XLA's memory plan of the program", "",
+              "| K | " + " | ".join(strategies) + " | auto |",
+              "|---|" + "---|" * len(strategies) + "---|"]
+    for k, g in groups.items():
+      cells = []
+      for s in strategies:
+        if s not in g["contenders"]:
+          cells.append("—")
+          continue
+        vs_seq = g["ratios_vs_sequential"].get(s)
+        cells.append(f"{_fmt(g['throughput_vs_k1'].get(s), '.2f')}×"
+                     + (f" [{vs_seq:.2f}×]" if vs_seq else "")
+                     + f", {g['memory_bytes'].get(s, 0) / 2**20:.0f} MiB")
+      lines.append(f"| {k[2:]} | " + " | ".join(cells) + f" | {g['auto_choice']} |")
+  quick = tickets.get("quickstart")
+  if quick:
+    lines += ["", f"**Quickstart with replicates={quick['replicates']}**: "
+              f"{quick['together_wall_s']:.0f} s wall ({quick['together_cpu_s']:.0f} CPU-s) in one "
+              f"command vs {quick['apart_wall_s']:.0f} s ({quick['apart_cpu_s']:.0f} CPU-s) for "
+              f"{quick['replicates']} single-replicate commands: {quick['wall_ratio']:.2f}× the wall "
+              f"time (load average {quick['load_average'][0]:.1f})."]
   pipe = results.get("pipeline")
   if pipe:
     parts = ", ".join(f"{k} {v:.1f} s" for k, v in sorted(pipe["seconds"].items(),
@@ -1061,11 +1163,21 @@ def main(argv=None) -> dict:
   parser.add_argument("--models", default="", help="override the step section's models")
   parser.add_argument("--steps", type=int, default=0, help="override the timed rounds (>= 20)")
   parser.add_argument("--no_torch", action="store_true", help="kdt only")
+  parser.add_argument("--device", action="store_true",
+                      help="the tickets section on this machine's accelerator (GPU/TPU); refuses "
+                           "to run on CPU")
+  parser.add_argument("--ticket_models", default="", help="override the tickets section's models")
+  parser.add_argument("--ticket_counts", default="", help="override its K's, e.g. 1,2,4")
   parser.add_argument("--host_devices", type=int, default=0,
                       help="host devices to start JAX with (0 = the most kdt's policy uses for "
                            "the models measured)")
   args = parser.parse_args(argv)
-  settings = QUICK if args.quick else FULL
+  settings = DEVICE if args.device else QUICK if args.quick else FULL
+  if args.ticket_models:
+    settings = dataclasses.replace(settings, ticket_models=tuple(args.ticket_models.split(",")))
+  if args.ticket_counts:
+    settings = dataclasses.replace(
+        settings, ticket_counts=tuple(int(k) for k in args.ticket_counts.split(",")))
   if args.models:
     models = tuple(args.models.split(","))
     settings = dataclasses.replace(settings, models=models, lever_models=models)
@@ -1075,7 +1187,14 @@ def main(argv=None) -> dict:
   if args.no_torch:
     settings = dataclasses.replace(settings, torch_modes=(), loop_torch_modes=())
   sections = tuple(s for s in args.sections.split(",") if s)
-  if sections == ("pipeline",):
+  if args.device:
+    import jax  # pylint: disable=import-outside-toplevel
+    if jax.default_backend() == "cpu":
+      print("kdt: error: --device needs a GPU or TPU backend; this machine has only the CPU "
+            "(drop --device for the CPU figures).", file=sys.stderr)
+      sys.exit(2)
+    results = run(settings, ("tickets",), args.out)
+  elif sections == ("pipeline",):
     # The quickstart on the devices `python -m kdt.main` gives it (LeNet: one).
     count = args.host_devices or host_devices.count_for(
         quickstart_config(settings.quickstart_overrides))
@@ -1084,7 +1203,7 @@ def main(argv=None) -> dict:
   else:
     count = args.host_devices or max(
         host_devices.auto_count(m, input_shape(m), (settings.batch_size,))
-        for m in {*settings.models, *settings.loop_models, settings.ticket_model})
+        for m in {*settings.models, *settings.loop_models, *settings.ticket_models})
     # Several host devices also let the tickets section's shard_map and the 1-device lever run.
     host_devices.configure(max(count, 2))
     inline = tuple(s for s in sections if s != "pipeline")

@@ -22,8 +22,8 @@ from kdt import bench
 TINY = bench.Settings(
     models=("lenet_300_100",), torch_modes=(), batch_size=32, warmup=0, steps=2,
     lever_models=("lenet_300_100",), loop_models=("lenet_300_100",), loop_chunk=2, loop_chunks=2,
-    loop_torch_modes=(), loop_examples=256, torch_workers=0, ticket_model="lenet_300_100",
-    ticket_counts=(2,), ticket_batch_size=16, ticket_steps=2,
+    loop_torch_modes=(), loop_examples=256, torch_workers=0, ticket_models=("lenet_300_100",),
+    ticket_counts=(1, 2), ticket_batch_size=16, ticket_steps=2, ticket_quickstart_replicates=0,
     ticket_strategies=("vmap", "lax_map", "shard_map", "sequential"),
     quickstart_overrides=(("train.num_steps", 20), ("imp.num_rounds", 1),
                           ("imp.recipes", ("lth", "kd")), ("imp.rewind_step", 0),
@@ -90,10 +90,14 @@ def test_tiny_run_writes_every_section(tmp_path):
   loop = stored["loop"]["lenet_300_100"]
   assert loop["contenders"]["kdt"]["images_per_s"] > 0 and loop["one_compile"]
 
-  group = stored["tickets"]["groups"]["K=2"]
+  group = stored["tickets"]["models"]["lenet_300_100"]["K=2"]
   assert {"vmap", "lax_map", "sequential"} <= set(group["contenders"])
   assert group["auto_choice"] in ("vmap", "sequential", "lax_map", "shard_map")
   assert group["one_compile_per_strategy"]
+  assert stored["tickets"]["models"]["lenet_300_100"]["K=1"]["throughput_vs_k1"]["vmap"] == 1.0
+  assert group["throughput_vs_k1"]["vmap"] > 0 and group["throughput_vs_k1"]["sequential"] > 0
+  one = stored["tickets"]["models"]["lenet_300_100"]["K=1"]["memory_bytes"]
+  assert 0 < one["vmap"] < group["memory_bytes"]["vmap"]  # two tickets' states need more
 
   pipeline = stored["pipeline"]
   assert pipeline["wall_s"] > 0 and 0.0 <= pipeline["fraction_outside_steps"] <= 1.0
@@ -107,6 +111,15 @@ def test_tiny_run_writes_every_section(tmp_path):
   assert flops["peak_host_memory_gib"] > 0
   table = bench.format_table(results)
   assert "| lenet_300_100 (1 dev) | masked_kd |" in table and "Quickstart IMP" in table
+  assert "K tickets at once: lenet_300_100" in table
+
+
+def test_quickstart_replicates_times_one_command_against_separate_ones():
+  tiny = ("--config.train.num_steps=20", "--config.imp.num_rounds=1", "--config.imp.recipes=('lth',)",
+          "--config.schedule.milestones=()", "--config.train.eval_every_steps=10")
+  got = bench.quickstart_replicates(2, lambda message: None, overrides=tiny)
+  assert got["together_wall_s"] > 0 and got["apart_wall_s"] > 0 and got["apart_cpu_s"] > 0
+  assert got["wall_ratio"] == pytest.approx(got["together_wall_s"] / got["apart_wall_s"])
 
 
 # ----- the PyTorch twins -------------------------------------------------------------------------
