@@ -129,3 +129,38 @@ def test_summary_reads_a_replicated_workdir(sequential):
   out = subprocess.run([sys.executable, "-m", "kdt.summary", workdir], capture_output=True,
                        text=True, cwd=REPO, check=True).stdout
   assert "(N=2)" in out and "±" in out
+
+
+def _lmc_config(replicates, strategy):
+  config = config_lib.base_config("lmc")
+  config.data.name = "digits"
+  config.train.batch_size = 32
+  config.train.num_steps = 16
+  config.train.eval_batch_size = 120
+  config.train.log_every_steps = 0
+  config.train.checkpoint_every_steps = 0
+  config.schedule.name = "constant"
+  config.imp.num_rounds = 1
+  config.lmc.rewind_steps = (4,)
+  config.lmc.networks = ("dense", "imp")
+  config.lmc.num_alphas = 3
+  config.lmc.splits = ("test",)
+  config.replicates = replicates
+  config.tickets.strategy = strategy
+  return config
+
+
+def test_lmc_pairs_as_tickets_and_replicates(tmp_path, digits):
+  """LMC's copies of a pair train together (vmap) and every experiment takes replicates."""
+  single = experiments.run(_lmc_config(1, "sequential"), str(tmp_path / "one"), dataset=digits)
+  workdir = str(tmp_path / "two")
+  rows = experiments.run(_lmc_config(2, "vmap"), workdir, dataset=digits)
+  assert [(r["replicate"], r["network"]) for r in rows] == [
+      (0, "dense"), (0, "imp"), (1, "dense"), (1, "imp")]
+  for got, want in zip(rows[:2], single):
+    for a, b in zip(got["copy_test_accuracy"], want["copy_test_accuracy"]):
+      assert abs(a - b) <= 1 / 360 + 1e-9
+    assert got["l2"] == pytest.approx(want["l2"], rel=1e-3)
+  assert rows[0]["l2"] != rows[2]["l2"]  # the second replicate has its own seeds
+  for name in ("replicate_00", "replicate_01"):
+    assert os.path.exists(os.path.join(workdir, name, "results.json"))

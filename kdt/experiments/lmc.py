@@ -72,6 +72,7 @@ from kdt.analysis import interpolation
 from kdt.analysis import stability
 from kdt.experiments import imp as imp_lib
 from kdt.experiments.setup import Setup
+from kdt.tickets import batch as batch_lib
 from kdt.tickets import recipes as recipes_lib
 from kdt.train import loop
 
@@ -161,7 +162,8 @@ def _copy_run(setup: Setup, name: str, directory: str, source: Model, mask: Any,
 
 def _train_copies(setup: Setup, name: str, directory: str, source: Model, mask: Any, k: int,
                   first_directory: str | None = None) -> list[loop.RunResult]:
-  """The first copy (config seeds) and one copy per ``lmc.pair_seeds``, trained in turn.
+  """The first copy (config seeds) and one copy per ``lmc.pair_seeds``, trained together as
+  one batch of tickets (``config.tickets``; a finished first copy is loaded).
 
   Args:
     setup: the shared setup.
@@ -180,12 +182,9 @@ def _train_copies(setup: Setup, name: str, directory: str, source: Model, mask: 
   specs = [(first_directory or os.path.join(directory, f"order_{seeds.data_order}"),
             seeds.data_order, seeds.augment)]
   specs += [(os.path.join(directory, f"order_{s}"), s, s) for s in setup.config.lmc.pair_seeds]
-  results = []
-  for run_dir, data_seed, augment_seed in specs:
-    run = _copy_run(setup, f"{name}/order_{data_seed}", run_dir, source, mask, k, data_seed,
-                    augment_seed)
-    results.append(setup.trainer.train(run))
-  return results
+  runs = [_copy_run(setup, f"{name}/order_{data_seed}", run_dir, source, mask, k, data_seed,
+                    augment_seed) for run_dir, data_seed, augment_seed in specs]
+  return setup.train_jobs([batch_lib.Job(setup.trainer, run) for run in runs])
 
 
 def _as_model(result: loop.RunResult) -> Model:
