@@ -36,7 +36,7 @@ class Field:
 
 
 EXPERIMENT = Field("train", "what runs: the module kdt.experiments.<experiment>")
-"""The top-level ``config.experiment`` field (its groups: :data:`kdt.config_lib.EXPERIMENT_GROUPS`)."""
+"""The top-level ``config.experiment`` (its groups: :data:`kdt.config_lib.EXPERIMENT_GROUPS`)."""
 
 COMMON_GROUPS: dict[str, dict[str, Field]] = {
     "seeds": {
@@ -48,8 +48,9 @@ COMMON_GROUPS: dict[str, dict[str, Field]] = {
     "model": {
         "name": Field("lenet_300_100", "the network (kdt.models.model_names)"),
         "activation": Field("relu", "hidden-layer activation (kdt.models.ACTIVATIONS)"),
-        "compute_dtype": Field("float32", "dtype of the forward pass; parameters stay float32"),
-        "init_scheme": Field("kdt", 'or "open_lth", "kd_ticket" (kdt.models.init_schemes)'),
+        "compute_dtype": Field("float32", "dtype of the forward pass"),
+        "init_scheme": Field("kdt", 'initialisation: "kdt", "open_lth" or "kd_ticket" '
+                             "(kdt.models.init_schemes)"),
     },
     "data": {
         "name": Field("digits", "the dataset (kdt.data.dataset_names)"),
@@ -66,7 +67,8 @@ COMMON_GROUPS: dict[str, dict[str, Field]] = {
         "eval_batch_size": Field(500, "global evaluation batch"),
         "eval_every_steps": Field(0, "0 = evaluate only at the end"),
         "eval_every_epochs": Field(0.0, "> 0: evaluate every this many epochs (instead of steps)"),
-        "eval_at_start": Field(False, 'also evaluate at the run\'s first step (open_lth "epoch 0")'),
+        "eval_at_start": Field(False,
+                               'also evaluate at the run\'s first step (open_lth "epoch 0")'),
         "log_every_steps": Field(100, "training loss / accuracy logged every this many steps"),
         "checkpoint_every_steps": Field(500, "steps between checkpoints"),
         "keep_checkpoints": Field(2, "latest N kept besides pinned steps"),
@@ -117,7 +119,8 @@ OPTIONAL_GROUPS: dict[str, dict[str, Field]] = {
         "pruning_rate": Field(0.2, "fraction of the remaining weights removed per round"),
         "count_convention": Field("exact", '"exact": ceil(rate*R) of R prunable; "open_lth": its '
                                   "sparse_global arithmetic (pruning.iterative_kept_count)"),
-        "pruning_schedule": Field("iterative", 'or "oneshot": every round prunes the dense weights'),
+        "pruning_schedule": Field("iterative",
+                                  'or "oneshot": every round prunes the dense weights'),
         "densities": Field((), "oneshot only: explicit densities; () = (1-rate)^r"),
         "score": Field("magnitude",
                        "kdt.pruning.SCORES: magnitude random snip grasp synflow taylor"),
@@ -160,8 +163,9 @@ OPTIONAL_GROUPS: dict[str, dict[str, Field]] = {
         "stable_threshold": Field(0.02, "instability (test error) below this: stable"),
         "matching_tolerance": Field(0.002, "accuracy within this of the dense run's: matching"),
         "top_p": Field(0.2, "top-p magnitude overlap of theta_k vs trained"),
-        "distance_weights": Field("prunable", "L2 / angle over the masked prunable weights "
-                                  '(Stabilizing the LTH), or "all" parameters (BN, biases, head too)'),
+        "distance_weights": Field(
+            "prunable", "L2 / angle over the masked prunable weights (Stabilizing the LTH), or "
+            '"all" parameters (BN, biases, head too)'),
     },
     # Liu et al.'s learning-rate sweep (docs/methods.md §5). For each learning rate: dense
     # training from the same theta_0, IMP with recipes lth and random_reinit (config.imp's

@@ -218,7 +218,8 @@ def test_every_field_has_one_help_line():
   helps = schema.help_texts()
   fields = set()
   for experiment in config_lib.EXPERIMENTS:
-    fields |= set(config_lib._flatten(config_lib.to_dict(config_lib.base_config(experiment))))  # pylint: disable=protected-access
+    tree = config_lib.to_dict(config_lib.base_config(experiment))
+    fields |= set(config_lib._flatten(tree))  # pylint: disable=protected-access
   assert fields == set(helps)
   assert all(text.strip() and "\n" not in text for text in helps.values())
 
