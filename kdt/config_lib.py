@@ -18,7 +18,8 @@ Adding a field:
 3. range / choice checks, if any, in :func:`validate` (or the group's ``_validate_<group>``), and
    fixed value lists in :data:`kdt.names.CHOICES` for ``--list_fields``.
 
-A new group is a new entry of :data:`kdt.schema.COMMON_GROUPS` (every experiment) or of
+A field outside any group (like ``experiment``) is one line in :data:`kdt.schema.TOP_LEVEL`. A
+new group is a new entry of :data:`kdt.schema.COMMON_GROUPS` (every experiment) or of
 :data:`kdt.schema.OPTIONAL_GROUPS` plus its experiments in :data:`EXPERIMENT_GROUPS`.
 
 All durations are in optimizer steps (``num_steps``, ``milestones``, ``rewind_step``, ...). Config
@@ -69,7 +70,7 @@ def base_config(experiment: str = "train") -> ml_collections.ConfigDict:
 
   Config files override fields; a field not in here is an error.
   """
-  c = ml_collections.ConfigDict()
+  c = _group_config(schema.TOP_LEVEL)
   c.experiment = experiment
   for group, fields in schema.COMMON_GROUPS.items():
     c[group] = _group_config(fields)

@@ -35,8 +35,11 @@ class Field:
   help: str
 
 
-EXPERIMENT = Field("train", "what runs: the module kdt.experiments.<experiment>")
-"""The top-level ``config.experiment`` (its groups: :data:`kdt.config_lib.EXPERIMENT_GROUPS`)."""
+TOP_LEVEL: dict[str, Field] = {
+    "experiment": Field("train", "what runs: the module kdt.experiments.<experiment>"),
+}
+"""The fields outside any group (``config.experiment``: its groups are
+:data:`kdt.config_lib.EXPERIMENT_GROUPS`)."""
 
 COMMON_GROUPS: dict[str, dict[str, Field]] = {
     "seeds": {
@@ -239,13 +242,15 @@ def _group(name: str) -> dict[str, Field]:
 
 def default(field: str) -> Any:
   """The default of ``field``, named as after ``--config.`` (``"loss.kd_alpha"``)."""
+  if "." not in field:
+    return TOP_LEVEL[field].default
   group, name = field.split(".")
   return _group(group)[name].default
 
 
 def help_texts() -> dict[str, str]:
   """Every field's help, by its dotted name (``"loss.kd_alpha"``; ``"experiment"``)."""
-  texts = {"experiment": EXPERIMENT.help}
+  texts = {name: f.help for name, f in TOP_LEVEL.items()}
   for groups in (COMMON_GROUPS, OPTIONAL_GROUPS):
     for group, fields in groups.items():
       texts.update({f"{group}.{name}": f.help for name, f in fields.items()})

@@ -233,7 +233,7 @@ def test_list_fields_prints_every_fields_help():
 
 def test_base_config_is_built_from_the_schema():
   config = config_lib.base_config("dst")
-  assert set(config) == {"experiment", *schema.COMMON_GROUPS, "imp", "tost", "dst"}
+  assert set(config) == {*schema.TOP_LEVEL, *schema.COMMON_GROUPS, "imp", "tost", "dst"}
   for group in ("loss", "imp", "tost", "dst"):
     assert set(config[group]) == set(schema._group(group))  # pylint: disable=protected-access
   assert config.loss.kd_alpha == schema.default("loss.kd_alpha") == 0.9
@@ -316,7 +316,9 @@ def test_schema_imports_no_jax():
 
 
 def test_quickstarts_share_the_digits_training():
-  for path in glob.glob(os.path.join(REPO, "configs", "quickstart*.py")):
+  paths = glob.glob(os.path.join(REPO, "configs", "quickstart*.py"))
+  assert len(paths) >= 6
+  for path in paths:
     config = load(path)
     assert "config_lib.digits_quickstart(config)" in open(path, encoding="utf-8").read(), path
     assert (config.model.name, config.data.name, config.train.num_steps,
