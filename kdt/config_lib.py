@@ -1,4 +1,4 @@
-"""Config schema, shared fragments and validation.
+"""Base configs (from the schema, kdt.schema), shared fragments and validation.
 
 Every config file in ``configs/`` starts from :func:`base_config` and overrides fields. The schema
 is :mod:`kdt.schema`: each field of each group is declared there once, with its default (which
