@@ -186,6 +186,8 @@ def train_runs(trainer: loop.Trainer, runs: Sequence[loop.Run], *, strategy: str
     return []
   resolved, reason = choose_strategy(strategy, len(runs))
   if resolved == "sequential" or len(runs) == 1:
+    if len(runs) > 1:
+      log.info("[tickets] %d runs one after another, strategy sequential (%s)", len(runs), reason)
     return [trainer.train(run) for run in runs]
   if resolved == "shard_map" and trainer.ghost_batch_norm:
     raise ValueError("tickets.strategy='shard_map' cannot be combined with ghost BatchNorm (both "
