@@ -1168,6 +1168,8 @@ def main(argv=None) -> dict:
                            "to run on CPU")
   parser.add_argument("--ticket_models", default="", help="override the tickets section's models")
   parser.add_argument("--ticket_counts", default="", help="override its K's, e.g. 1,2,4")
+  parser.add_argument("--quickstart_replicates", type=int, default=-1,
+                      help="R of the quickstart replicates timing (0 = skip; default: the settings')")
   parser.add_argument("--host_devices", type=int, default=0,
                       help="host devices to start JAX with (0 = the most kdt's policy uses for "
                            "the models measured)")
@@ -1175,6 +1177,8 @@ def main(argv=None) -> dict:
   settings = DEVICE if args.device else QUICK if args.quick else FULL
   if args.ticket_models:
     settings = dataclasses.replace(settings, ticket_models=tuple(args.ticket_models.split(",")))
+  if args.quickstart_replicates >= 0:
+    settings = dataclasses.replace(settings, ticket_quickstart_replicates=args.quickstart_replicates)
   if args.ticket_counts:
     settings = dataclasses.replace(
         settings, ticket_counts=tuple(int(k) for k in args.ticket_counts.split(",")))
