@@ -608,6 +608,7 @@ def _validate_correlation(cfg: dict, info) -> None:
 
 TOST_LRSI = ("none", "dense", "masked")
 GRADINIT_ALGS = ("sgd", "adam")
+GRADINIT_VARIANTS = ("tost_unmasked", "masked")
 
 
 def tost_fields() -> ml_collections.ConfigDict:
@@ -638,6 +639,9 @@ def tost_fields() -> ml_collections.ConfigDict:
   t.gradinit_gamma = 0.0              # gradient-norm constraint; 0 = none (the code's inf)
   t.gradinit_normalize_grad = False
   t.gradinit_batch_size = 0           # 0 = train.batch_size
+  t.gradinit_variant = "tost_unmasked"  # lrsi="masked": "tost_unmasked" (ToST type-2: gradient,
+                                        # its norm and the look-ahead step include the pruned
+                                        # weights) or "masked" (kept weights only)
   return t
 
 
@@ -647,8 +651,9 @@ def tost_preset(config: ml_collections.ConfigDict, *, ghost_skips: bool = True,
 
   Swish activation, ghost skips (residual networks with basic blocks only: pass
   ``ghost_skips=False`` for VGG, LeNet and the like), label smoothing 0.1 with the alpha/(C-1)
-  convention, and GradInit layer-wise re-scaling with the code defaults of §2.2 on the masked
-  network (``lrsi="dense"`` for the variant before masking). Adds ``tost`` to ``imp.recipes``.
+  convention, and GradInit layer-wise re-scaling with the code defaults of §2.2 on the pruned
+  network as ToST's ``train_ticket_type2.py`` runs it (``gradinit_variant="tost_unmasked"``;
+  ``lrsi="dense"`` for the variant before masking). Adds ``tost`` to ``imp.recipes``.
 
   Args:
     config: an ``imp`` (or ``dst``) config; changed in place.
@@ -662,6 +667,7 @@ def tost_preset(config: ml_collections.ConfigDict, *, ghost_skips: bool = True,
   config.tost.ghost_skips = bool(ghost_skips)
   config.tost.label_smoothing = 0.1
   config.tost.lrsi = lrsi
+  config.tost.gradinit_variant = "tost_unmasked"
   if "tost" not in config.imp.recipes:
     config.imp.recipes = tuple(config.imp.recipes) + ("tost",)
   return config
@@ -713,6 +719,7 @@ def _validate_tost(cfg: dict, info) -> None:
   _range(cfg, "tost.gradinit_grad_clip", 0.0)
   _range(cfg, "tost.gradinit_gamma", 0.0)
   _range(cfg, "tost.gradinit_batch_size", 0, info.num_train - cfg["data"]["val_size"])
+  _choice(cfg, "tost.gradinit_variant", GRADINIT_VARIANTS)
   tweaked = ["tost"] * ("tost" in imp["recipes"]) + recipes
   if tweaked and not tweaks_enabled(tost):
     field = "imp.recipes" if "tost" in imp["recipes"] else "tost.recipes"

@@ -17,7 +17,8 @@ pruned network with a recipe of its own instead of the dense network's:
 * **label smoothing** α = 0.1 with the off-target mass α/(C−1) (``label_smoothing_convention=
   "off_target"``);
 * **LRsI** — layer-wise re-scaled initialisation by GradInit (:mod:`kdt.train.gradinit`), on
-  the dense initialisation before masking or on the masked network.
+  the dense initialisation before masking or on the pruned network (ToST's unmasked search, or a
+  masked one: ``tost.gradinit_variant``).
 
 The dense run never has tweaks. :class:`RetrainTweaks` turns an IMP re-training
 :class:`~kdt.train.loop.Run` of the plain model into the tweaked one: the mask and the source
@@ -308,7 +309,7 @@ class RetrainTweaks:
 
     lifted_mask = self.lift_mask(mask)
     scales = self.gradinit_scales(os.path.dirname(run.directory), params, batch_stats, mask,
-                                  dataset)
+                                  dataset, start=start)
 
     def init_state():
       p, b = self.lift_variables(params, batch_stats)
@@ -320,11 +321,14 @@ class RetrainTweaks:
                                loss=self.loss(run.loss))
 
   def gradinit_scales(self, directory: str, params: Any, batch_stats: Any, mask: Any,
-                      dataset) -> Any:
+                      dataset, start: int = 0) -> Any:
     """LRsI: GradInit's per-leaf scales for this run, computed once and saved in ``directory``.
 
     ``tost.lrsi="dense"`` searches the scales of the unmasked network (the dense initialisation
-    before masking), ``"masked"`` those of the masked network. Returns None without LRsI.
+    before masking), ``"masked"`` those of the pruned network, the way ``tost.gradinit_variant``
+    says (:mod:`kdt.train.gradinit`: ToST's unmasked search or a masked one). A step-conditioned
+    network is searched in its form at ``start``, the step re-training starts from. Returns None
+    without LRsI.
     """
     if self.settings.lrsi == "none":
       return None
@@ -343,12 +347,13 @@ class RetrainTweaks:
     settings = gradinit.GradInitSettings(
         iters=int(g["iters"]), lr=float(g["lr"]), alg=g["alg"], eta=float(g["eta"]),
         min_scale=float(g["min_scale"]), grad_clip=float(g["grad_clip"]),
-        gamma=float(g["gamma"]), normalize_grad=bool(g["normalize_grad"]))
+        gamma=float(g["gamma"]), normalize_grad=bool(g["normalize_grad"]), variant=g["variant"])
     config = self.config
     augment = dataset.info.augment if config.data.augment == "default" else config.data.augment
     result = gradinit.search(self.model, p, b, search_mask, dataset, settings,
                              batch_size=int(g["batch_size"]) or int(config.train.batch_size),
-                             augment=augment, seed=int(config.seeds.data_order))
+                             augment=augment, seed=int(config.seeds.data_order),
+                             start_step=int(start))
     scales = jax.tree.map(float, jax.device_get(result.scales))
     if jax.process_index() == 0:
       fileio.makedirs(directory)
