@@ -83,6 +83,11 @@ def base_config(experiment: str = "train") -> ml_collections.ConfigDict:
   c.train.checkpoint_every_steps = 500
   c.train.keep_checkpoints = 2        # latest N kept besides pinned steps
   c.train.pinned_steps = ()           # extra steps kept forever (rewind points)
+  c.train.report_metric = "auto"      # test accuracy tables and plots report (kdt.evaluation):
+                                      # "final", "best_val" (at the best validation evaluation),
+                                      # "last_mean" (mean of the last report_last_evals), "auto"
+                                      # (best_val if data.val_size > 0, else final)
+  c.train.report_last_evals = 5       # evaluations averaged in test_accuracy_last_mean
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "sgd"
@@ -183,9 +188,9 @@ def lmc_fields() -> ml_collections.ConfigDict:
 def correlation_fields() -> ml_collections.ConfigDict:
   """The ``config.correlation`` group: Liu et al.'s learning-rate sweep (docs/methods.md §5).
 
-  For each learning rate: dense training from the same theta_0, IMP with recipes ``lth`` and
-  ``random_reinit`` (``config.imp``'s pruning settings), then init <-> trained weight correlation
-  and mask overlap; see :mod:`kdt.analysis.experiments`.
+  For each learning rate: dense training from the same theta_0, IMP with recipes ``lth``,
+  ``random_reinit`` and ``pf_liu`` (``config.imp``'s pruning settings), then init <-> trained
+  weight correlation and mask overlap; see :mod:`kdt.experiments.correlation`.
   """
   corr = ml_collections.ConfigDict()
   corr.learning_rates = (0.01, 0.03, 0.1)
@@ -384,6 +389,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
   """
   # Imported here so that `import kdt.config_lib` stays light (configs import this module).
   from kdt import data as data_lib
+  from kdt import evaluation
   from kdt import models as models_lib
   from kdt.train import losses, optim
 
@@ -442,6 +448,12 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
   if train["eval_every_epochs"] and train["eval_every_steps"]:
     raise ConfigError("train.eval_every_epochs", train["eval_every_epochs"],
                       "0 when train.eval_every_steps > 0 (give the evaluation cadence one way)")
+  _choice(cfg, "train.report_metric", evaluation.REPORT_METRICS)
+  if train["report_metric"] == "best_val" and not cfg["data"]["val_size"]:
+    raise ConfigError("train.report_metric", "best_val",
+                      f"one of {[m for m in evaluation.REPORT_METRICS if m != 'best_val']} when "
+                      "data.val_size is 0 (no validation split to select on)")
+  _range(cfg, "train.report_last_evals", 1)
   _range(cfg, "parallel.host_devices", 0)
   num_train = info.num_train - cfg["data"]["val_size"]
   if train["batch_size"] > num_train:

@@ -337,6 +337,16 @@ def test_correlation_experiment_end_to_end(tmp_path):
   assert small["init_mask_jaccard"] > 0.9
   assert small["winning_gap"] == pytest.approx(
       small["lth_test_accuracy"] - small["random_reinit_test_accuracy"])
+  # Liu et al.'s comparison: pruning & fine-tuning (trained weights, the dense schedule restarted
+  # for the ticket's budget) against the ticket, on the evaluation protocol's accuracy.
+  with open(os.path.join(workdir, "lr_0.5", "results.json"), encoding="utf-8") as f:
+    by = {(r["round"], r["recipe"]): r for r in json.load(f)}
+  for row in rows:
+    assert row["report_metric"] == "final"
+    assert row["pf_gap"] == pytest.approx(row["pf_liu_test_accuracy"] - row["lth_test_accuracy"])
+  assert large["pf_liu_test_accuracy"] == by[1, "pf_liu"]["reported_test_accuracy"]
+  assert (by[1, "pf_liu"]["start_step"], by[1, "pf_liu"]["steps_trained"]) == (
+      by[1, "lth"]["start_step"], by[1, "lth"]["steps_trained"]) == (0, 16)
   for name in ("correlation", "mask_overlap"):
     assert os.path.getsize(os.path.join(workdir, "plots", f"{name}.png")) > 10_000
 
