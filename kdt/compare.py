@@ -8,9 +8,9 @@ each, then::
       --baseline lth
 
 writes ``summary.json`` (per recipe and round: mean density, mean / std / min / max of the
-reported test accuracy (:mod:`kdt.evaluation`) over seeds and, with ``--baseline``, the mean and std of the per-seed gap to the baseline
-recipe at the same round) and ``accuracy_vs_weights.png`` (mean ± std against weights
-remaining), and prints the table.
+reported test accuracy (:mod:`kdt.evaluation`) over seeds and, with ``--baseline``, the mean and
+std of the per-seed gap to the baseline recipe at the same round) and ``accuracy_vs_weights.png``
+(mean ± std against weights remaining), and prints the table.
 
 The workdirs must be seeds of one experiment: their configs may differ only in ``seeds.*`` (and
 in where the data lives), and no two may share all their seeds — the same run twice would report

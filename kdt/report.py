@@ -284,8 +284,8 @@ CONTROLS = ("random_reinit", "random_prune", "static", "random")
 """Control recipes / networks: drawn dashed with triangle markers in every plot."""
 
 _COLORS = {"dense": "black", "lth": "tab:blue", "rewind": "tab:orange", "lr_rewind": "tab:brown",
-           "finetune": "tab:olive", "pf_liu": "darkkhaki", "kd": "tab:green", "kd_rewind": "tab:purple",
-           "kd_lr_rewind": "tab:pink", "tost": "tab:cyan", "random_reinit": "tab:red",
+           "finetune": "tab:olive", "pf_liu": "darkkhaki", "kd": "tab:green",
+           "kd_rewind": "tab:purple", "kd_lr_rewind": "tab:pink", "tost": "tab:cyan", "random_reinit": "tab:red",
            "random_prune": "tab:gray", "rigl": "darkgreen", "set": "darkorange", "static": "dimgray",
            "imp": "tab:blue", "random": "tab:gray"}
 _SPARE_COLORS = ("navy", "maroon", "teal", "goldenrod", "indigo", "sienna")
