@@ -295,6 +295,8 @@ def test_lmc_experiment_end_to_end_and_resume(tmp_path):
     assert errors[-1] == pytest.approx(1 - row["copy_test_accuracy"][1], abs=1e-9)
     assert row["l2"] > 0 and 0 < row["angle"] < 90
     assert (row["pruning_l2"] is not None) == (row["network"] != "dense")
+    assert row["report_metric"] == "final"  # the copies' protocol accuracies, averaged
+    assert row["reported_test_accuracy"] == pytest.approx(row["test_accuracy"])
   imp_row, random_row = rows[1], rows[2]
   assert imp_row["density"] == pytest.approx(random_row["density"])
   assert imp_row["density"] == pytest.approx(0.8, abs=1e-3)

@@ -1,8 +1,12 @@
 """kdt.evaluation: the reported test accuracy is never a maximum over test evaluations."""
 
+import json
+import os
+
 import pytest
 
 from kdt import config_lib
+from kdt import experiments
 from kdt import evaluation
 from kdt import report
 from kdt import summary
@@ -62,3 +66,28 @@ def test_tables_show_the_reported_accuracy_and_read_older_rows():
   assert "0.7000" in report.format_table(rows)
   cells = summary.cells(rows)
   assert cells[(0, "dense")]["values"] == {0: 0.7} and cells[(1, "lth")]["values"] == {0: 0.6}
+
+
+def test_train_experiment_reports_the_test_accuracy_at_the_best_validation_step(tmp_path):
+  config = config_lib.base_config("train")
+  config.data.name = "digits"
+  config.data.val_size = 200
+  config.train.batch_size = 32
+  config.train.num_steps = 20
+  config.train.eval_every_steps = 5
+  config.train.eval_batch_size = 100
+  config.train.log_every_steps = 0
+  config.train.checkpoint_every_steps = 0
+  config_lib.validate(config, device_count=1)
+  workdir = str(tmp_path / "train")
+  experiments.run(config, workdir)
+  with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
+    result = json.load(f)
+  history = result["history"]
+  best = max(history, key=lambda h: h["val_accuracy"])
+  assert [h["step"] for h in history] == [5, 10, 15, 20]
+  assert result["report_metric"] == "best_val" and "best_test_accuracy" not in result
+  assert result["reported_test_accuracy"] == result["test_accuracy_at_best_val"] == (
+      best["test_accuracy"])
+  assert result["test_accuracy_last_mean"] == pytest.approx(
+      sum(h["test_accuracy"] for h in history) / 4)

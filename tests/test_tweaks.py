@@ -583,15 +583,23 @@ def test_adapt_run_searches_gradinit_at_the_runs_start_step(tmp_path, monkeypatc
   lifter = tweaks.RetrainTweaks(config, dense, DIGITS)
   variables = _variables(dense)
   mask = jax.tree.map(lambda p: jnp.ones(p.shape, bool), variables["params"])
-  seen = {}
+  seen = []
 
   def fake_search(model, params, batch_stats, mask, dataset, settings, **kwargs):
-    seen.update(kwargs, variant=settings.variant)
+    seen.append((kwargs["start_step"], settings.variant))
     return gradinit.GradInitResult(scales=jax.tree.map(lambda p: jnp.float32(1.0), params),
                                    history=[])
 
   monkeypatch.setattr(gradinit, "search", fake_search)
   run = _plain_run(str(tmp_path / "round" / "train"), mask)
-  lifter.adapt_run(run, params=variables["params"], batch_stats={}, mask=mask, start=7,
-                   direction=loop.OptimizerSpec().make(), dataset=setup_lib.load_data(config))
-  assert seen["start_step"] == 7 and seen["variant"] == "masked"
+  adapt = lambda start: lifter.adapt_run(  # noqa: E731
+      run, params=variables["params"], batch_stats={}, mask=mask, start=start,
+      direction=loop.OptimizerSpec().make(), dataset=setup_lib.load_data(config))
+  adapt(7)
+  assert seen == [(7, "masked")]
+  adapt(7)  # the saved scales are loaded
+  assert len(seen) == 1
+  # Scales saved by another search (here: another start step; an older kdt's masked search
+  # saved no variant at all) are not reused.
+  adapt(8)
+  assert seen == [(7, "masked"), (8, "masked")]

@@ -322,7 +322,8 @@ class RetrainTweaks:
 
   def gradinit_scales(self, directory: str, params: Any, batch_stats: Any, mask: Any,
                       dataset, start: int = 0) -> Any:
-    """LRsI: GradInit's per-leaf scales for this run, computed once and saved in ``directory``.
+    """LRsI: GradInit's per-leaf scales for this run, computed once and saved in ``directory``
+    (searched again if the saved ones came from other settings, e.g. an older kdt's search).
 
     ``tost.lrsi="dense"`` searches the scales of the unmasked network (the dense initialisation
     before masking), ``"masked"`` those of the pruned network, the way ``tost.gradinit_variant``
@@ -336,18 +337,23 @@ class RetrainTweaks:
     path = os.path.join(directory, "gradinit_scales.json")
     p, b = self.lift_variables(params, batch_stats)
     names = _leaf_names(p)
-    if fileio.exists(path):
-      with fileio.open(path, encoding="utf-8") as f:
-        stored = json.load(f)
-      return jax.tree.unflatten(jax.tree.structure(p),
-                                [jnp.asarray(stored["scales"][n], jnp.float32) for n in names])
-    search_mask = (jax.tree.map(lambda x: jnp.ones(x.shape, bool), p)
-                   if self.settings.lrsi == "dense" else self.lift_mask(mask))
     g = self.settings.gradinit
     settings = gradinit.GradInitSettings(
         iters=int(g["iters"]), lr=float(g["lr"]), alg=g["alg"], eta=float(g["eta"]),
         min_scale=float(g["min_scale"]), grad_clip=float(g["grad_clip"]),
         gamma=float(g["gamma"]), normalize_grad=bool(g["normalize_grad"]), variant=g["variant"])
+    search = {"lrsi": self.settings.lrsi, "settings": dataclasses.asdict(settings),
+              "start_step": int(start)}
+    if fileio.exists(path):
+      with fileio.open(path, encoding="utf-8") as f:
+        stored = json.load(f)
+      if all(stored.get(k) == v for k, v in search.items()):
+        return jax.tree.unflatten(jax.tree.structure(p),
+                                  [jnp.asarray(stored["scales"][n], jnp.float32) for n in names])
+      log.warning("GradInit scales in %s were searched with other settings (%s); searching again.",
+                  path, {k: stored.get(k) for k in search})
+    search_mask = (jax.tree.map(lambda x: jnp.ones(x.shape, bool), p)
+                   if self.settings.lrsi == "dense" else self.lift_mask(mask))
     config = self.config
     augment = dataset.info.augment if config.data.augment == "default" else config.data.augment
     result = gradinit.search(self.model, p, b, search_mask, dataset, settings,
@@ -358,8 +364,8 @@ class RetrainTweaks:
     if jax.process_index() == 0:
       fileio.makedirs(directory)
       fileio.write_json(path, {
-          "lrsi": self.settings.lrsi, "settings": dataclasses.asdict(settings),
-          "scales": dict(zip(names, jax.tree.leaves(scales))), "history": result.history})
+          **search, "scales": dict(zip(names, jax.tree.leaves(scales))),
+          "history": result.history})
     log.info("GradInit (%s): %d iterations, scales in [%.3g, %.3g]", self.settings.lrsi,
              settings.iters, min(jax.tree.leaves(scales)), max(jax.tree.leaves(scales)))
     return jax.tree.map(lambda s: jnp.asarray(s, jnp.float32), scales)
