@@ -8,7 +8,7 @@ import jax
 import ml_collections
 
 from kdt import evaluation
-from kdt import workdir as workdir_lib
+from kdt import fileio
 from kdt.experiments.setup import Setup
 
 
@@ -28,7 +28,7 @@ def run(setup: Setup, config: ml_collections.ConfigDict, workdir: str) -> dict:
                                      **evaluation.settings(config)),
              "wall_time": result.meta["wall_time"], "history": history}
   if jax.process_index() == 0:
-    workdir_lib.write_json_atomic(os.path.join(workdir, "results.json"), summary)
+    fileio.write_json(os.path.join(workdir, "results.json"), summary)
   print(f"{config.model.name} on {config.data.name}: test accuracy {summary['test_accuracy']:.4f} "
         f"after {summary['steps']} steps  (workdir: {workdir})", flush=True)
   return summary
