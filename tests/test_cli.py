@@ -137,6 +137,8 @@ def test_light_names_match_the_registries():
   assert names.KD_REDUCTIONS == tuple(losses.KD_REDUCTIONS)
   assert names.LABEL_SMOOTHING_CONVENTIONS == tuple(losses.LABEL_SMOOTHING_CONVENTIONS)
   assert names.EXPERIMENTS == tuple(config_lib.EXPERIMENTS)
+  from kdt import evaluation
+  assert names.CHOICES["train.report_metric"] == evaluation.REPORT_METRICS
 
 
 def test_failed_start_writes_nothing_and_location_is_not_config(tmp_path):
