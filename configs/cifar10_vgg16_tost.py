@@ -12,11 +12,13 @@ over all conv weights (the FC head, BN and biases are never pruned; 1x1 shortcut
 re-train every mask twice from theta_0: `lth` (the vanilla lottery ticket) and `tost` (the same
 mask and theta_0 with every tweak of config_lib.tost_preset: swish instead of ReLU, no ghost skips
 (VGG has no residual blocks; ToST adds them to ResNets only), label smoothing 0.1 with alpha/(C-1)
-off target, GradInit layer-wise re-scaling of the masked network with the code defaults: 390
+off target, GradInit layer-wise re-scaling of the pruned network with the code defaults: 390
 iterations, lr 1e-3, sgd, eta 0.1, min scale 0.01, grad clip 1, no norm constraint). Recipe: first
 5,000 training images = validation set, 45,000 train; batch 128, SGD momentum 0.9, lr 0.1, x0.1 at
 epochs 90 and 135, weight decay 2e-4, 182 epochs (63,882 steps of 351); crop (pad 4) + flip.
 Variants: --config.tost.lrsi=dense (GradInit before masking, ToST `train_ticket.py`);
+--config.tost.gradinit_variant=masked (GradInit search on the kept weights only; the default is
+ToST `train_ticket_type2.py`'s search, which also sees the pruned ones);
 --config.tost.activation_anneal_steps=N / --config.tost.ghost_fade_steps=N (back to the plain
 network over N steps; the paper's "early stage of training", schedule not in the released code).
 Hardware: one accelerator; 33 runs of 182 epochs (~0.7 h each on a V100-class GPU, ~1 day in all;

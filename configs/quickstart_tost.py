@@ -8,8 +8,8 @@ What it does: the IMP of configs/quickstart.py (LeNet-300-100 on scikit-learn's 
 1.3 % of the weights), re-training each round's subnetwork twice on the *same* mask: `lth`
 (theta_0, ReLU, plain CE) and `tost` (the `lth` mask and theta_0 re-trained with ToST's tweaks,
 kdt.tickets.tweaks): swish in place of ReLU, label smoothing 0.1 with alpha/(C-1) off target,
-and GradInit layer-wise re-scaling of the masked network (100 iterations instead of ToST's 390,
-to stay quick). LeNet has no residual blocks, so there are no ghost skips (the ResNet-18 configs
+and GradInit layer-wise re-scaling of the pruned network as ToST's type-2 script searches it
+(`tost.gradinit_variant="tost_unmasked"`; 100 iterations instead of ToST's 390, to stay quick). LeNet has no residual blocks, so there are no ghost skips (the ResNet-18 configs
 configs/cifar*_resnet18_tost.py have them). Writes results.json/.csv and
 plots/accuracy_vs_weights.png.
 

@@ -7,10 +7,10 @@ each, then::
   python -m kdt.compare --workdirs /tmp/q_s0 /tmp/q_s1 /tmp/q_s2 --out /tmp/q_summary \\
       --baseline lth
 
-writes ``summary.json`` (per recipe and round: mean density, mean / std / min / max of the test
-accuracy over seeds and, with ``--baseline``, the mean and std of the per-seed gap to the baseline
-recipe at the same round) and ``accuracy_vs_weights.png`` (mean ± std against weights
-remaining), and prints the table.
+writes ``summary.json`` (per recipe and round: mean density, mean / std / min / max of the
+reported test accuracy (:mod:`kdt.evaluation`) over seeds and, with ``--baseline``, the mean and
+std of the per-seed gap to the baseline recipe at the same round) and ``accuracy_vs_weights.png``
+(mean ± std against weights remaining), and prints the table.
 
 The workdirs must be seeds of one experiment: their configs may differ only in ``seeds.*`` (and
 in where the data lives), and no two may share all their seeds — the same run twice would report
@@ -27,6 +27,7 @@ import sys
 from typing import Sequence
 
 from kdt import config_lib
+from kdt import evaluation
 from kdt import fileio
 from kdt import report
 
@@ -88,13 +89,14 @@ def _std(values: list[float]) -> float:
   return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def summarize(runs: list[list[dict]], *, metric: str = "test_accuracy",
+def summarize(runs: list[list[dict]], *, metric: str = evaluation.REPORTED,
               baseline: str | None = None) -> list[dict]:
   """Per (recipe, round) statistics of ``metric`` over the runs (seeds).
 
   Args:
     runs: one list of result rows per seed (:func:`load_runs`).
-    metric: the row field to summarise.
+    metric: the row field to summarise (default: the protocol's ``reported_test_accuracy``,
+      :mod:`kdt.evaluation`; ``test_accuracy`` in rows written before it existed).
     baseline: a recipe name; adds ``gap_mean`` / ``gap_std``, the per-seed difference
       ``metric(recipe) - metric(baseline)`` at the same round (the dense row counts as round 0 of
       every recipe).
@@ -114,9 +116,10 @@ def summarize(runs: list[list[dict]], *, metric: str = "test_accuracy",
       if key not in values:
         keys.append(key)
         values[key], densities[key] = [], []
-      values[key].append(float(row[metric]))
+      value = float(evaluation.row_value(row, metric))
+      values[key].append(value)
       densities[key].append(float(row["density"]))
-      seed[key] = float(row[metric])
+      seed[key] = value
     per_seed.append(seed)
   out = []
   for key in keys:
@@ -133,15 +136,15 @@ def summarize(runs: list[list[dict]], *, metric: str = "test_accuracy",
   return out
 
 
-def format_summary(summary: list[dict], title: str = "", metric: str = "test_accuracy") -> str:
+def format_summary(summary: list[dict], title: str = "", metric: str = evaluation.REPORTED) -> str:
   """A fixed-width table of :func:`summarize`'s rows (accuracies in percent)."""
   has_gap = any("gap_mean" in s for s in summary)
-  header = (f"{'round':>5}  {'recipe':<14} {'weights left':>12}  {'n':>2}  {metric + ' mean':>20}"
+  header = (f"{'round':>5}  {'recipe':<14} {'weights left':>12}  {'n':>2}  {metric + ' mean':>27}"
             f"  {'std':>6}  {'min':>6}  {'max':>6}" + (f"  {'gap to baseline':>17}" if has_gap else ""))
   lines = ([title] if title else []) + [header, "-" * len(header)]
   for s in sorted(summary, key=lambda s: (s["recipe"] != "dense", s["recipe"], s["round"])):
     line = (f"{s['round']:>5}  {s['recipe']:<14} {100 * s['density']:>11.2f}%  {s['n']:>2}  "
-            f"{100 * s['mean']:>20.2f}  {100 * s['std']:>6.2f}  {100 * s['min']:>6.2f}  "
+            f"{100 * s['mean']:>27.2f}  {100 * s['std']:>6.2f}  {100 * s['min']:>6.2f}  "
             f"{100 * s['max']:>6.2f}")
     if "gap_mean" in s:
       line += f"  {100 * s['gap_mean']:>+8.2f} ± {100 * s['gap_std']:<5.2f}"
@@ -192,7 +195,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
   parser.add_argument("--workdirs", nargs="+", required=True, help="one workdir per seed")
   parser.add_argument("--out", required=True, help="directory for summary.json and the plot")
   parser.add_argument("--baseline", default=None, help="recipe the gaps are measured against")
-  parser.add_argument("--metric", default="test_accuracy")
+  parser.add_argument("--metric", default=evaluation.REPORTED,
+                      help="row field to summarise (default: the reported test accuracy)")
   parser.add_argument("--title", default="")
   args = parser.parse_args(argv)
   try:

@@ -316,6 +316,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
   """
   # Imported here so that `import kdt.config_lib` stays light (configs import this module).
   from kdt import data as data_lib
+  from kdt import evaluation
   from kdt import models as models_lib
   from kdt.train import losses, optim
 
@@ -378,6 +379,12 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
   if train["eval_every_epochs"] and train["eval_every_steps"]:
     raise ConfigError("train.eval_every_epochs", train["eval_every_epochs"],
                       "0 when train.eval_every_steps > 0 (give the evaluation cadence one way)")
+  _choice(cfg, "train.report_metric", evaluation.REPORT_METRICS)
+  if train["report_metric"] == "best_val" and not cfg["data"]["val_size"]:
+    raise ConfigError("train.report_metric", "best_val",
+                      f"one of {[m for m in evaluation.REPORT_METRICS if m != 'best_val']} when "
+                      "data.val_size is 0 (no validation split to select on)")
+  _range(cfg, "train.report_last_evals", 1)
   _range(cfg, "parallel.host_devices", 0)
   num_train = info.num_train - cfg["data"]["val_size"]
   if train["batch_size"] > num_train:
@@ -544,6 +551,7 @@ def _validate_correlation(cfg: dict, info) -> None:
 
 TOST_LRSI = ("none", "dense", "masked")
 GRADINIT_ALGS = ("sgd", "adam")
+GRADINIT_VARIANTS = ("tost_unmasked", "masked")
 
 
 def tost_preset(config: ml_collections.ConfigDict, *, ghost_skips: bool = True,
@@ -552,8 +560,9 @@ def tost_preset(config: ml_collections.ConfigDict, *, ghost_skips: bool = True,
 
   Swish activation, ghost skips (residual networks with basic blocks only: pass
   ``ghost_skips=False`` for VGG, LeNet and the like), label smoothing 0.1 with the alpha/(C-1)
-  convention, and GradInit layer-wise re-scaling with the code defaults of §2.2 on the masked
-  network (``lrsi="dense"`` for the variant before masking). Adds ``tost`` to ``imp.recipes``.
+  convention, and GradInit layer-wise re-scaling with the code defaults of §2.2 on the pruned
+  network as ToST's ``train_ticket_type2.py`` runs it (``gradinit_variant="tost_unmasked"``;
+  ``lrsi="dense"`` for the variant before masking). Adds ``tost`` to ``imp.recipes``.
 
   Args:
     config: an ``imp`` (or ``dst``) config; changed in place.
@@ -567,6 +576,7 @@ def tost_preset(config: ml_collections.ConfigDict, *, ghost_skips: bool = True,
   config.tost.ghost_skips = bool(ghost_skips)
   config.tost.label_smoothing = 0.1
   config.tost.lrsi = lrsi
+  config.tost.gradinit_variant = "tost_unmasked"
   if "tost" not in config.imp.recipes:
     config.imp.recipes = tuple(config.imp.recipes) + ("tost",)
   return config
@@ -618,6 +628,7 @@ def _validate_tost(cfg: dict, info) -> None:
   _range(cfg, "tost.gradinit_grad_clip", 0.0)
   _range(cfg, "tost.gradinit_gamma", 0.0)
   _range(cfg, "tost.gradinit_batch_size", 0, info.num_train - cfg["data"]["val_size"])
+  _choice(cfg, "tost.gradinit_variant", GRADINIT_VARIANTS)
   tweaked = ["tost"] * ("tost" in imp["recipes"]) + recipes
   if tweaked and not tweaks_enabled(tost):
     field = "imp.recipes" if "tost" in imp["recipes"] else "tost.recipes"

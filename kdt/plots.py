@@ -13,8 +13,9 @@
 * ``stability_distance.png``: L2 distance between copies (data order) and between a subnetwork
   trained alone vs inside the dense network (pruning), against k.
 
-``correlation`` writes ``correlation.png`` (correlation, top-p overlap and accuracy against the
-learning rate) and ``mask_overlap.png`` (masks across learning rates; overlap with theta_0's own
+``correlation`` writes ``correlation.png`` (correlation, top-p overlap and the accuracy of the
+ticket, its random re-initialisation and Liu et al.'s pruning & fine-tuning against the learning
+rate) and ``mask_overlap.png`` (masks across learning rates; overlap with theta_0's own
 magnitude mask).
 """
 
@@ -277,8 +278,12 @@ def plot_correlation_vs_lr(rows: list[dict], path: str, title: str = "") -> None
           label=f"ticket (θ_0, {100 * rows[0]['density']:.1f}%)")
   ax.plot(lrs, [100 * r["random_reinit_test_accuracy"] for r in rows], color="tab:red",
           marker="^", linestyle="--", label="random re-init, same mask")
-  ax.set_ylabel("test accuracy (%)")
-  ax.set_title("winning property: ticket vs random re-init")
+  if "pf_liu_test_accuracy" in rows[0]:
+    ax.plot(lrs, [100 * r["pf_liu_test_accuracy"] for r in rows], color="darkkhaki", marker="D",
+            label="pruning & fine-tuning (Liu et al.), same budget")
+  metric = rows[0].get("report_metric", "final")
+  ax.set_ylabel(f"test accuracy (%), {metric.replace('_', ' ')}")
+  ax.set_title("ticket vs random re-init vs pruning & fine-tuning")
   ax.legend(fontsize=8)
   for ax in axes:
     ax.set_xscale("log")

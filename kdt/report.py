@@ -21,6 +21,7 @@ import sys
 
 from absl import logging as absl_logging
 
+from kdt import evaluation
 from kdt import fileio
 
 # ---------------------------------------------------------------------------------------------
@@ -193,9 +194,9 @@ def setup_logging() -> None:
 # IMP results: table, files, plots.
 
 RESULT_COLUMNS = ("round", "recipe", "density", "nominal_density", "weights_kept", "weights_prunable",
-                  "density_all_weights", "test_accuracy", "best_test_accuracy", "val_accuracy",
-                  "best_val_accuracy", "test_accuracy_at_best_val", "start_step", "end_step",
-                  "steps_trained", "wall_time")
+                  "density_all_weights", "test_accuracy", "test_accuracy_last_mean", "val_accuracy",
+                  "best_val_accuracy", "test_accuracy_at_best_val", "report_metric",
+                  "reported_test_accuracy", "start_step", "end_step", "steps_trained", "wall_time")
 
 
 def _atomic_write(path: str, text: str) -> None:
@@ -219,23 +220,27 @@ def write_results(workdir: str, rows: list[dict]) -> None:
 
 
 def format_table(rows: list[dict], title: str = "") -> str:
-  """The results as a fixed-width terminal table (mean ± std when the rows have replicates)."""
+  """The results as a fixed-width terminal table: the last evaluation's test accuracy and the one
+  the evaluation protocol reports (:mod:`kdt.evaluation`, ``train.report_metric``); mean ± std
+  per cell when the rows have replicates."""
   if len({r.get("replicate", 0) for r in rows}) > 1:
     return format_replicate_table(rows, title)
   header = f"{'round':>5}  {'recipe':<14} {'weights left':>12} {'kept':>9}  {'test acc':>8}  " \
-           f"{'best acc':>8}  {'steps':>6}"
+           f"{'reported':>8}  {'steps':>6}"
   lines = [title, header, "-" * len(header)] if title else [header, "-" * len(header)]
   for r in rows:
     lines.append(f"{r['round']:>5}  {r['recipe']:<14} {100 * r['density']:>11.2f}% "
-                 f"{r['weights_kept']:>9}  {r['test_accuracy']:>8.4f}  {r['best_test_accuracy']:>8.4f}"
+                 f"{r['weights_kept']:>9}  {r['test_accuracy']:>8.4f}  "
+                 f"{evaluation.row_value(r):>8.4f}"
                  f"  {r['steps_trained']:>6}")
   return "\n".join(lines)
 
 
 REPLICATE_KEYS = ("round", "recipe", "network", "k", "learning_rate")
 """Fields that name a cell of a replicated table (whichever of them the rows have)."""
-REPLICATE_METRICS = ("density", "test_accuracy", "instability", "lth_test_accuracy",
-                     "random_reinit_test_accuracy", "winning_gap")
+REPLICATE_METRICS = ("density", "test_accuracy", "reported_test_accuracy", "instability",
+                     "lth_test_accuracy", "random_reinit_test_accuracy", "pf_liu_test_accuracy",
+                     "winning_gap")
 """Numbers averaged over the replicates in the terminal table (whichever the rows have)."""
 
 
@@ -316,8 +321,8 @@ CONTROLS = ("random_reinit", "random_prune", "static", "random")
 """Control recipes / networks: drawn dashed with triangle markers in every plot."""
 
 _COLORS = {"dense": "black", "lth": "tab:blue", "rewind": "tab:orange", "lr_rewind": "tab:brown",
-           "finetune": "tab:olive", "kd": "tab:green", "kd_rewind": "tab:purple",
-           "kd_lr_rewind": "tab:pink", "tost": "tab:cyan", "random_reinit": "tab:red",
+           "finetune": "tab:olive", "pf_liu": "darkkhaki", "kd": "tab:green",
+           "kd_rewind": "tab:purple", "kd_lr_rewind": "tab:pink", "tost": "tab:cyan", "random_reinit": "tab:red",
            "random_prune": "tab:gray", "rigl": "darkgreen", "set": "darkorange", "static": "dimgray",
            "imp": "tab:blue", "random": "tab:gray"}
 _SPARE_COLORS = ("navy", "maroon", "teal", "goldenrod", "indigo", "sienna")
@@ -341,19 +346,35 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
   return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def all_weights_slope(rows: list[dict]) -> float | None:
+  """``s`` with ``density_all_weights = 1 - s * (1 - density)``, from the rows (None: no row says).
+
+  The prunable weights are the fraction ``s`` of all conv / dense weight matrices; the others (a
+  dense output layer, a dense stem) stay whole, so both densities are affine in each other.
+  """
+  slopes = [(1 - r["density_all_weights"]) / (1 - r["density"]) for r in rows
+            if r.get("density_all_weights") is not None and r["density"] < 1]
+  return sum(slopes) / len(slopes) if slopes else None
+
+
 def plot_accuracy_vs_weights(rows: list[dict], path: str, title: str = "") -> None:
   """Test accuracy against percent of weights remaining (log x, decreasing), one line per recipe.
 
-  Rows with a ``replicate`` field are averaged per (recipe, round): the line is the mean, the error
-  bars ±1 standard deviation over the replicates, and the caption under the plot says so.
+  The accuracy is the one the evaluation protocol reports (``reported_test_accuracy``,
+  :mod:`kdt.evaluation`; rows without it: ``test_accuracy``), and the y label names the protocol.
+  The bottom axis counts the prunable weights; where some weight matrices are never pruned (the
+  rows' ``density_all_weights``), a top axis gives the same points as percent of all weight
+  matrices. Rows with a ``replicate`` field are averaged per (recipe, round): the line is the mean,
+  the error bars ±1 standard deviation over the replicates, and the caption under the plot says so.
   """
   plt = _pyplot()
-  fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
+  fig, ax = plt.subplots(figsize=(7, 4.8), layout="constrained")
   groups: dict[tuple[str, int], list[dict]] = {}
   for r in rows:
     groups.setdefault((r["recipe"], int(r.get("round", 0))), []).append(r)
   stats = {key: (100 * _mean_std([g["density"] for g in group])[0],
-                 *[100 * v for v in _mean_std([g["test_accuracy"] for g in group])], len(group))
+                 *[100 * v for v in _mean_std([evaluation.row_value(g) for g in group])],
+                 len(group))
            for key, group in groups.items()}
   replicates = max((n for *_, n in stats.values()), default=1)
   dense = [v for (recipe, _), v in stats.items() if recipe == "dense"]
@@ -375,8 +396,22 @@ def plot_accuracy_vs_weights(rows: list[dict], path: str, title: str = "") -> No
   ax.set_xticks(ticks)
   ax.set_xticklabels([f"{t:g}" for t in ticks], rotation=45)
   ax.minorticks_off()
-  ax.set_xlabel("percent of prunable weights remaining (log scale)")
-  ax.set_ylabel("test accuracy (%)")
+  slope = all_weights_slope(rows)
+  if slope is None or slope > 1 - 1e-9:
+    ax.set_xlabel("percent of prunable weights remaining (log scale)"
+                  + ("; = percent of all weight matrices" if slope is not None else ""))
+  else:
+    ax.set_xlabel("percent of prunable weights remaining (log scale)")
+    to_all = lambda d: 100 - slope * (100 - d)  # noqa: E731
+    top = ax.secondary_xaxis("top", functions=(to_all, lambda a: 100 - (100 - a) / slope))
+    top.set_xticks([to_all(t) for t in ticks])
+    top.set_xticklabels([f"{to_all(t):.3g}" for t in ticks], rotation=45, fontsize=8)
+    top.minorticks_off()
+    top.set_xlabel("percent of all weight matrices remaining (unpruned layers included)",
+                   fontsize=8)
+  metrics = {r.get("report_metric", "final") for r in rows}
+  label = evaluation.METRIC_LABELS[metrics.pop()] if len(metrics) == 1 else "test accuracy"
+  ax.set_ylabel(f"{label} (%)", fontsize=9)
   ax.set_title(title or "accuracy vs. weights remaining")
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=8)

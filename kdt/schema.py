@@ -78,6 +78,11 @@ COMMON_GROUPS: dict[str, dict[str, Field]] = {
         "checkpoint_every_steps": Field(500, "steps between checkpoints"),
         "keep_checkpoints": Field(2, "latest N kept besides pinned steps"),
         "pinned_steps": Field((), "extra steps kept forever (rewind points)"),
+        "report_metric": Field("auto", "test accuracy tables and plots report (kdt.evaluation): "
+                               '"final", "best_val" (at the best validation evaluation), '
+                               '"last_mean" (mean of the last report_last_evals), "auto" '
+                               "(best_val if data.val_size > 0, else final)"),
+        "report_last_evals": Field(5, "evaluations averaged in test_accuracy_last_mean"),
     },
     "optimizer": {
         "name": Field("sgd", "sgd, adam or adamw (kdt.train.optim.OPTIMIZERS)"),
@@ -211,6 +216,9 @@ OPTIONAL_GROUPS: dict[str, dict[str, Field]] = {
         "gradinit_gamma": Field(0.0, "gradient-norm constraint; 0 = none (the code's inf)"),
         "gradinit_normalize_grad": Field(False, "GradInit: sgd inner step along g / |g|"),
         "gradinit_batch_size": Field(0, "0 = train.batch_size"),
+        "gradinit_variant": Field("tost_unmasked", 'lrsi="masked": "tost_unmasked" (ToST type-2: '
+                                  "gradient, its norm and the look-ahead step include the pruned "
+                                  'weights) or "masked" (kept weights only)'),
     },
     # Sparse training from scratch (RigL, SET), docs/methods.md §6. Each method trains a random
     # sparse network (per-layer densities by allocation) from theta_0 for train.num_steps with the

@@ -2,7 +2,7 @@
 
 Usage::
 
-  python -m kdt.summary WORKDIR                # density x recipe table of test accuracy
+  python -m kdt.summary WORKDIR                # density x recipe table of reported test accuracy
   python -m kdt.summary WORKDIR_A WORKDIR_B    # both tables, the config diff, B - A paired
 
 Each cell is the mean ± standard deviation over replicates (rows that share round and recipe and
@@ -24,6 +24,7 @@ import sys
 from typing import Any, NoReturn, Sequence
 
 from kdt import config_lib
+from kdt import evaluation
 
 
 def fail(message: str) -> NoReturn:
@@ -68,7 +69,7 @@ def _key(row: dict) -> tuple[int, str]:
   return int(row.get("round", 0)), str(row.get("recipe", row.get("network", "?")))
 
 
-def cells(rows: list[dict], metric: str = "test_accuracy") -> dict[tuple[int, str], dict]:
+def cells(rows: list[dict], metric: str = evaluation.REPORTED) -> dict[tuple[int, str], dict]:
   """Per (round, recipe): mean density, and the values of ``metric`` by replicate.
 
   Returns:
@@ -77,11 +78,12 @@ def cells(rows: list[dict], metric: str = "test_accuracy") -> dict[tuple[int, st
   """
   out: dict[tuple[int, str], dict] = {}
   for row in rows:
-    if row.get(metric) is None or "density" not in row:
+    value = evaluation.row_value(row, metric)
+    if value is None or "density" not in row:
       continue
     cell = out.setdefault(_key(row), {"densities": [], "values": {}})
     cell["densities"].append(float(row["density"]))
-    cell["values"][row.get("replicate", 0)] = float(row[metric])
+    cell["values"][row.get("replicate", 0)] = float(value)
   for cell in out.values():
     cell["density"] = statistics.fmean(cell.pop("densities"))
   return out
@@ -147,7 +149,7 @@ def config_diff(a: dict | None, b: dict | None) -> list[str]:
   return config_lib.diff(a, b)
 
 
-def summarize(workdirs: Sequence[str], metric: str = "test_accuracy") -> str:
+def summarize(workdirs: Sequence[str], metric: str = evaluation.REPORTED) -> str:
   """The whole report for ``workdirs`` as text (what the command prints)."""
   loaded = [load(w) for w in workdirs]
   per_dir = [cells(rows, metric) for rows, _ in loaded]
@@ -182,8 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       prog="python -m kdt.summary", description=__doc__.split("\n\n")[0])
   parser.add_argument("workdirs", nargs="+", metavar="WORKDIR")
-  parser.add_argument("--metric", default="test_accuracy",
-                      help="row field to tabulate (test_accuracy, best_test_accuracy, ...)")
+  parser.add_argument("--metric", default=evaluation.REPORTED,
+                      help="row field to tabulate: reported_test_accuracy (the config's "
+                      "train.report_metric; test_accuracy for older results), test_accuracy (last "
+                      "evaluation), test_accuracy_last_mean, test_accuracy_at_best_val, ...")
   args = parser.parse_args(argv)
   try:
     text = summarize(args.workdirs, args.metric)

@@ -295,6 +295,8 @@ def test_lmc_experiment_end_to_end_and_resume(tmp_path):
     assert errors[-1] == pytest.approx(1 - row["copy_test_accuracy"][1], abs=1e-9)
     assert row["l2"] > 0 and 0 < row["angle"] < 90
     assert (row["pruning_l2"] is not None) == (row["network"] != "dense")
+    assert row["report_metric"] == "final"  # the copies' protocol accuracies, averaged
+    assert row["reported_test_accuracy"] == pytest.approx(row["test_accuracy"])
   imp_row, random_row = rows[1], rows[2]
   assert imp_row["density"] == pytest.approx(random_row["density"])
   assert imp_row["density"] == pytest.approx(0.8, abs=1e-3)
@@ -337,6 +339,16 @@ def test_correlation_experiment_end_to_end(tmp_path):
   assert small["init_mask_jaccard"] > 0.9
   assert small["winning_gap"] == pytest.approx(
       small["lth_test_accuracy"] - small["random_reinit_test_accuracy"])
+  # Liu et al.'s comparison: pruning & fine-tuning (trained weights, the dense schedule restarted
+  # for the ticket's budget) against the ticket, on the evaluation protocol's accuracy.
+  with open(os.path.join(workdir, "lr_0.5", "results.json"), encoding="utf-8") as f:
+    by = {(r["round"], r["recipe"]): r for r in json.load(f)}
+  for row in rows:
+    assert row["report_metric"] == "final"
+    assert row["pf_gap"] == pytest.approx(row["pf_liu_test_accuracy"] - row["lth_test_accuracy"])
+  assert large["pf_liu_test_accuracy"] == by[1, "pf_liu"]["reported_test_accuracy"]
+  assert (by[1, "pf_liu"]["start_step"], by[1, "pf_liu"]["steps_trained"]) == (
+      by[1, "lth"]["start_step"], by[1, "lth"]["steps_trained"]) == (0, 16)
   for name in ("correlation", "mask_overlap"):
     assert os.path.getsize(os.path.join(workdir, "plots", f"{name}.png")) > 10_000
 

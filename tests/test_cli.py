@@ -139,6 +139,8 @@ def test_light_names_match_the_registries():
   assert names.EXPERIMENTS == tuple(config_lib.EXPERIMENTS)
   from kdt.tickets import batch
   assert names.CHOICES["tickets.strategy"] == batch.STRATEGIES
+  from kdt import evaluation
+  assert names.CHOICES["train.report_metric"] == evaluation.REPORT_METRICS
 
 
 def test_failed_start_writes_nothing_and_location_is_not_config(tmp_path):

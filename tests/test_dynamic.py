@@ -231,6 +231,8 @@ def test_dst_experiment_updates_masks_and_resumes_exactly(tmp_path, monkeypatch)
   for row in rows:
     assert row["weights_kept"] == math.ceil(0.3 * n)
     assert row["end_step"] == 20 and row["steps_trained"] == 20 and row["mask_updates"] == 3
+    assert row["report_metric"] == "final" and "best_test_accuracy" not in row
+    assert row["reported_test_accuracy"] == row["test_accuracy"]
   history = json.load(open(tmp_path / "a" / "rigl" / "round_01" / "history.json"))
   assert [h["step"] for h in history["evals"]] == [5, 10, 15, 20]
   # Only the last segment is kept on disk; the masks moved but kept their per-layer counts.

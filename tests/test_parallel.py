@@ -288,9 +288,9 @@ def test_gcs_workdir_config_results_plots_and_events(monkeypatch):
   assert config_lib.to_dict(workdir_lib.load_config(workdir)) == config_lib.to_dict(config)
   workdir_lib.prepare_workdir(config, workdir)  # the stored config is read back and matches
   rows = [{"round": 0, "recipe": "dense", "density": 1.0, "weights_kept": 10, "test_accuracy": 0.9,
-           "best_test_accuracy": 0.9, "steps_trained": 5},
+           "reported_test_accuracy": 0.9, "steps_trained": 5},
           {"round": 1, "recipe": "lth", "density": 0.8, "weights_kept": 8, "test_accuracy": 0.85,
-           "best_test_accuracy": 0.86, "steps_trained": 5}]
+           "reported_test_accuracy": 0.86, "steps_trained": 5}]
   report.write_results(workdir, rows)
   assert workdir_lib.load_results(workdir) == rows
   report.write_imp_plots(workdir, rows, {"lth": {1: {"fc1/kernel": 0.8}}}, title="t")

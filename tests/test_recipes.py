@@ -23,7 +23,7 @@ def _start(name, control="lth", budget=BUDGET):
     ("lth", THETA_0, (0, 100), False), ("rewind", THETA_K, (10, 100), False),
     ("lr_rewind", TRAINED, (10, 100), False), ("kd", THETA_0, (0, 100), True),
     ("kd_rewind", THETA_K, (10, 100), True), ("kd_lr_rewind", TRAINED, (10, 100), True),
-    ("finetune", TRAINED, (0, 90), False)])
+    ("finetune", TRAINED, (0, 90), False), ("pf_liu", TRAINED, (0, 100), False)])
 def test_each_recipe_starts_where_its_paper_says(name, weights, steps, kd):
   start = _start(name)
   assert start.weights is weights and (start.start_step, start.end_step) == steps
@@ -44,3 +44,13 @@ def test_random_reinit_trains_the_budget_of_the_ticket_it_controls():
   assert (zero.start_step, zero.end_step) == (0, 100)
   # random_prune copies the control's weights and schedule
   assert _start("random_prune", "rewind").weights is THETA_K
+
+
+def test_pf_liu_restarts_the_dense_schedule_for_the_tickets_budget():
+  """Liu et al.'s pruning & fine-tuning: trained weights, the ticket's (lth's) T steps, the dense
+  schedule from step 0 (its large learning rate), unlike Renda's constant final-LR finetune."""
+  pf, ticket = _start("pf_liu"), _start("lth")
+  assert pf.weights is TRAINED
+  assert pf.end_step - pf.start_step == ticket.end_step - ticket.start_step == 100
+  assert pf.schedule == SCHEDULE and float(pf.schedule.make()(pf.start_step)) == pytest.approx(0.1)
+  assert float(_start("finetune").schedule.make()(0)) == pytest.approx(0.01)

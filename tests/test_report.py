@@ -171,3 +171,46 @@ def test_accuracy_plot_error_bars_are_explained_and_controls_dashed(monkeypatch,
   assert report.recipe_style("random_reinit") == report.recipe_style("random_reinit")
   assert report.recipe_style("random_prune")["linestyle"] == "--"
   assert report.recipe_style("lth")["color"] != report.recipe_style("rewind")["color"]
+
+
+def _imp_rows(ignored: int, prunable: int = 1000, metric: str = "final"):
+  """IMP rows whose ``density_all_weights`` counts ``ignored`` never-pruned weights."""
+  rows = []
+  for r in range(4):
+    kept = round(prunable * 0.8 ** r)
+    rows.append({"round": r, "recipe": "dense" if r == 0 else "lth", "density": kept / prunable,
+                 "density_all_weights": (kept + ignored) / (prunable + ignored),
+                 "weights_prunable": prunable, "test_accuracy": 0.5,
+                 "reported_test_accuracy": 0.9 - 0.01 * r, "report_metric": metric})
+  return rows
+
+
+def test_accuracy_plot_labels_both_densities_and_the_reported_protocol(monkeypatch, tmp_path):
+  figures = _captured(monkeypatch)
+  rows = _imp_rows(ignored=250, metric="best_val")
+  report.plot_accuracy_vs_weights(rows, str(tmp_path / "a.png"))
+  (fig,) = figures
+  ax = fig.axes[0]
+  assert "prunable" in ax.get_xlabel()
+  (top,) = ax.child_axes
+  assert "all weight matrices" in top.get_xlabel()
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  FigureCanvasAgg(fig).draw()
+  bottom = [float(t.get_text()) for t in ax.get_xticklabels()]
+  labels = [float(t.get_text()) for t in top.get_xticklabels()]
+  by_density = {round(100 * r["density"], 1): 100 * r["density_all_weights"] for r in rows}
+  assert len(labels) == len(bottom) == 4
+  for b, t in zip(bottom, labels):
+    assert t == pytest.approx(by_density[b], rel=2e-3)
+  # The y values are the protocol's accuracy, and the y label names the protocol.
+  lth = next(c for c in ax.containers if c.get_label() == "lth")
+  assert list(lth.lines[0].get_ydata()) == pytest.approx([90.0, 89.0, 88.0, 87.0])
+  assert "best validation" in ax.get_ylabel()
+
+
+def test_accuracy_plot_without_unpruned_layers_has_one_density_axis(monkeypatch, tmp_path):
+  figures = _captured(monkeypatch)
+  report.plot_accuracy_vs_weights(_imp_rows(ignored=0), str(tmp_path / "a.png"))
+  (fig,) = figures
+  assert not fig.axes[0].child_axes
+  assert "= percent of all weight matrices" in fig.axes[0].get_xlabel()

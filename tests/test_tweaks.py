@@ -343,7 +343,8 @@ def test_preset_turns_every_tweak_on():
   config = config_lib.tost_preset(_quickstart())
   assert "tost" in config.imp.recipes
   assert (config.tost.activation, config.tost.ghost_skips, config.tost.label_smoothing,
-          config.tost.lrsi) == ("swish", True, 0.1, "masked")
+          config.tost.lrsi, config.tost.gradinit_variant) == ("swish", True, 0.1, "masked",
+                                                               "tost_unmasked")
   with pytest.raises(config_lib.ConfigError, match="tost.ghost_skips"):
     config_lib.validate(config, device_count=1)  # LeNet has no residual blocks
   config.tost.ghost_skips = False
@@ -357,6 +358,7 @@ def test_preset_turns_every_tweak_on():
 @pytest.mark.parametrize("field,value,match", [
     ("activation", "tanh", "tost.activation"),
     ("lrsi", "before", "tost.lrsi"),
+    ("gradinit_variant", "unmasked", "tost.gradinit_variant"),
     ("recipes", ("kd",), "tost.recipes"),
     ("ghost_fade_steps", 5, "tost.ghost_fade_steps"),
     ("activation_anneal_steps", 5, "tost.activation_anneal_steps"),
@@ -505,3 +507,100 @@ def test_gradinit_objective_gradient_holds_the_inner_step_constant():
   for x, y in zip(jax.tree.leaves(grads), jax.tree.leaves(jax.jit(jax.grad(gnorm))(alpha))):
     np.testing.assert_allclose(x, y, rtol=2e-4, atol=1e-6)
   assert bool(metrics["constraint"]) and np.isnan(metrics["loss1"])
+
+
+def _lenet_batches(seed):
+  rng = np.random.default_rng(seed)
+  batch = lambda: {"image": jnp.asarray(rng.normal(size=(16, *DIGITS)), jnp.float32),
+                   "label": jnp.asarray(rng.integers(0, 10, 16))}
+  return batch(), batch()
+
+
+def test_tost_unmasked_gradinit_searches_with_the_pruned_coordinates():
+  """ToST's type-2 search: pruned entries of theta0 are 0, but g, ||g|| and the look-ahead step
+  theta' = theta - eta g are those of the unmasked network; the masked variant differs."""
+  model = models.create_model("lenet_300_100", num_classes=10, input_shape=DIGITS)
+  params0 = _variables(model)["params"]
+  mask = jax.tree.map(lambda p: jnp.asarray(np.random.default_rng(3).random(p.shape) < 0.4),
+                      params0)
+  a, b = _lenet_batches(7)
+  alpha = jax.tree.map(lambda p: jnp.float32(0.9), params0)
+  grads_fn = jax.jit(functools.partial(gradinit.scale_gradients, model=model),
+                     static_argnames="settings")
+  unmasked, m_unmasked = grads_fn(alpha, params0, {}, mask, a, b,
+                                  settings=gradinit.GradInitSettings(variant="tost_unmasked"))
+  masked, m_masked = grads_fn(alpha, params0, {}, mask, a, b,
+                              settings=gradinit.GradInitSettings(variant="masked"))
+  theta0 = pruning.apply_mask(params0, mask)  # ToST zeroes the pruned weights before GradInit
+  plain = lambda p, x: gradinit._loss(model, p, {}, None, x["image"], x["label"])
+
+  @jax.jit
+  def expected_fn(alpha):
+    theta = jax.tree.map(lambda s, p: s * p, alpha, theta0)
+    g = jax.grad(plain)(theta, a)
+    gnorm = jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(g)))
+    moved = jax.tree.map(lambda t, x: t - 0.1 * x, theta, g)
+    g1 = jax.grad(plain)(moved, b)
+    return jax.tree.map(lambda x, p: jnp.sum(x * p) / 0.1, g1, theta0), gnorm, plain(moved, b)
+
+  expected, gnorm, loss1 = expected_fn(alpha)
+  np.testing.assert_allclose(m_unmasked["gnorm"], gnorm, rtol=1e-5)
+  np.testing.assert_allclose(m_unmasked["loss1"], loss1, rtol=1e-5)
+  for x, y in zip(jax.tree.leaves(unmasked), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(x, y, rtol=2e-4, atol=1e-6)
+  # The pruned coordinates carry gradient: the masked search sees a smaller ||g||.
+  assert float(m_masked["gnorm"]) < 0.9 * float(m_unmasked["gnorm"])
+  assert any(not np.allclose(x, y, rtol=1e-3) for x, y in
+             zip(jax.tree.leaves(unmasked), jax.tree.leaves(masked)))
+
+
+def test_gradinit_evaluates_a_scheduled_network_at_the_start_step():
+  """With an activation anneal the search scales the network re-training starts with."""
+  dense = models.create_model("lenet_300_100", num_classes=10, input_shape=DIGITS)
+  model = tweaks.retraining_model(dense, _settings(activation="swish", activation_anneal_steps=100,
+                                                   activation_anneal_start=50))
+  assert model.conditioned_on_step
+  params0 = _variables(dense)["params"]
+  mask = jax.tree.map(lambda p: jnp.ones(p.shape, bool), params0)
+  a, b = _lenet_batches(9)
+  alpha = jax.tree.map(lambda p: jnp.float32(1.0), params0)
+  settings = gradinit.GradInitSettings(variant="masked")
+  _, metrics = gradinit.scale_gradients(alpha, params0, {}, mask, a, b, 10, model=model,
+                                        settings=settings)
+  swish = dense.clone(activation="swish")
+  at_start = losses.cross_entropy(swish.apply({"params": params0}, a["image"], train=True),
+                                  a["label"])
+  at_end = losses.cross_entropy(dense.apply({"params": params0}, a["image"], train=True),
+                                a["label"])
+  assert abs(float(at_start) - float(at_end)) > 1e-3
+  np.testing.assert_allclose(metrics["loss0"], at_start, rtol=1e-5)
+
+
+def test_adapt_run_searches_gradinit_at_the_runs_start_step(tmp_path, monkeypatch):
+  config = _quickstart()
+  config.tost.lrsi = "masked"
+  config.tost.gradinit_variant = "masked"
+  dense = models.create_model("lenet_300_100", num_classes=10, input_shape=DIGITS)
+  lifter = tweaks.RetrainTweaks(config, dense, DIGITS)
+  variables = _variables(dense)
+  mask = jax.tree.map(lambda p: jnp.ones(p.shape, bool), variables["params"])
+  seen = []
+
+  def fake_search(model, params, batch_stats, mask, dataset, settings, **kwargs):
+    seen.append((kwargs["start_step"], settings.variant))
+    return gradinit.GradInitResult(scales=jax.tree.map(lambda p: jnp.float32(1.0), params),
+                                   history=[])
+
+  monkeypatch.setattr(gradinit, "search", fake_search)
+  run = _plain_run(str(tmp_path / "round" / "train"), mask)
+  adapt = lambda start: lifter.adapt_run(  # noqa: E731
+      run, params=variables["params"], batch_stats={}, mask=mask, start=start,
+      direction=loop.OptimizerSpec().make(), dataset=setup_lib.load_data(config))
+  adapt(7)
+  assert seen == [(7, "masked")]
+  adapt(7)  # the saved scales are loaded
+  assert len(seen) == 1
+  # Scales saved by another search (here: another start step; an older kdt's masked search
+  # saved no variant at all) are not reused.
+  adapt(8)
+  assert seen == [(7, "masked"), (8, "masked")]

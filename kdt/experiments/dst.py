@@ -50,6 +50,7 @@ import ml_collections
 
 from kdt import checkpoint as checkpoint_lib
 from kdt import data as data_lib
+from kdt import evaluation
 from kdt import fileio
 from kdt import parallel
 from kdt import pruning
@@ -308,19 +309,13 @@ class DSTDriver:
   def _row(self, method: str, round_index: int, density: float, mask: Any, history: dict) -> dict:
     summary = pruning.sparsity_summary(mask, self.prunable)["total"]
     evals = sorted(history["evals"], key=lambda h: h["step"])
-    row = {
+    return {
         "round": round_index, "recipe": method,
         "density": summary["kept"] / summary["total"], "nominal_density": density,
         "weights_kept": summary["kept"], "weights_prunable": summary["total"],
-        "test_accuracy": evals[-1]["test_accuracy"],
-        "best_test_accuracy": max(h["test_accuracy"] for h in evals),
+        **evaluation.accuracies(evals, start_step=0, **evaluation.settings(self.config)),
         "start_step": 0, "end_step": evals[-1]["step"],
         "steps_trained": history["steps_trained"], "wall_time": history["wall_time"],
         "mask_updates": len(self.boundaries) - 2 if method != "static" else 0,
     }
-    if "val_accuracy" in evals[-1]:
-      best = max(evals, key=lambda h: h["val_accuracy"])
-      row.update(val_accuracy=evals[-1]["val_accuracy"], best_val_accuracy=best["val_accuracy"],
-                 test_accuracy_at_best_val=best["test_accuracy"])
-    return row
 

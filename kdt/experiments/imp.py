@@ -45,6 +45,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from kdt import evaluation
 from kdt import faults
 from kdt import fileio
 from kdt import pruning
@@ -380,23 +381,18 @@ class IMPRounds:
   def _row(self, round_index: int, recipe: str, result: loop.RunResult, mask, nominal: float) -> dict:
     summary = pruning.sparsity_summary(mask, self.prunable)["total"]
     history, ignored = result.meta["history"], self.setup.num_ignored
-    row = {
+    return {
         "round": round_index, "recipe": recipe,
         "density": summary["kept"] / summary["total"], "nominal_density": nominal or 1.0,
         "weights_kept": summary["kept"], "weights_prunable": summary["total"],
         "density_all_weights":  # open_lth's density: over every conv / dense weight matrix
             (summary["kept"] + ignored) / (summary["total"] + ignored),
-        "test_accuracy": history[-1]["test_accuracy"],
-        "best_test_accuracy": max(h["test_accuracy"] for h in history),
+        **evaluation.accuracies(history, start_step=result.meta["start_step"],
+                                **evaluation.settings(self.config)),
         "start_step": result.meta["start_step"], "end_step": int(result.state.step),
         "steps_trained": result.meta["steps_trained"], "wall_time": result.meta["wall_time"],
         "eval_history": history,
     }
-    if "val_accuracy" in history[-1]:
-      best = max(history, key=lambda h: h["val_accuracy"])
-      row.update(val_accuracy=history[-1]["val_accuracy"], best_val_accuracy=best["val_accuracy"],
-                 test_accuracy_at_best_val=best["test_accuracy"])
-    return row
 
   def _write_results(self, rows) -> None:
     with timing.timed("results_and_plots"):

@@ -63,6 +63,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from kdt import evaluation
 from kdt import fileio
 from kdt import parallel
 from kdt import plots
@@ -78,7 +79,9 @@ from kdt.train import loop
 
 log = logging.getLogger(__name__)
 
-LMC_COLUMNS = ("k", "network", "round", "density", "test_accuracy", "dense_test_accuracy",
+LMC_COLUMNS = ("k", "network", "round", "density", "test_accuracy", "test_accuracy_last_mean",
+               "test_accuracy_at_best_val", "report_metric", "reported_test_accuracy",
+               "dense_test_accuracy",
                "instability", "stable", "matching", "instability_test", "instability_train",
                "instability_val", "endpoint_error_test", "max_error_test", "endpoint_error_train",
                "max_error_train", "l2", "angle", "l2_relative", "pruning_l2", "pruning_angle",
@@ -343,6 +346,10 @@ class LMCExperiment:
         "k": k, "network": network, "round": round_index, "density": density,
         "label": _network_label(network, density), "weights_kept": summary["kept"],
         "copy_test_accuracy": accuracies, "test_accuracy": float(np.mean(accuracies)),
+        **{k: v for k, v in evaluation.mean_over_runs([
+            evaluation.accuracies(c.meta["history"], start_step=c.meta["start_step"],
+                                  **evaluation.settings(self.config)) for c in copies]).items()
+           if k != "test_accuracy"},
         "dense_test_accuracy": self.dense_accuracy, "steps_trained": self.config.train.num_steps - k,
         "pair_seeds": list(lmc.pair_seeds), "alphas": self.alphas,
         "distance_weights": lmc.distance_weights,

@@ -7,7 +7,8 @@ import os
 import jax
 import ml_collections
 
-from kdt import workdir as workdir_lib
+from kdt import evaluation
+from kdt import fileio
 from kdt.experiments.setup import Setup
 
 
@@ -20,12 +21,14 @@ def pinned_steps(config: ml_collections.ConfigDict) -> tuple[int, ...]:
 def run(setup: Setup, config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains the dense run (resuming it) and writes ``results.json``; returns the summary."""
   result = setup.trainer.train(setup.dense)
+  history = result.meta["history"]
   summary = {"experiment": "train", "model": config.model.name, "dataset": config.data.name,
              "steps": int(result.state.step), **{k: v for k, v in result.final.items() if k != "step"},
-             "best_test_accuracy": max(h["test_accuracy"] for h in result.meta["history"]),
-             "wall_time": result.meta["wall_time"], "history": result.meta["history"]}
+             **evaluation.accuracies(history, start_step=result.meta["start_step"],
+                                     **evaluation.settings(config)),
+             "wall_time": result.meta["wall_time"], "history": history}
   if jax.process_index() == 0:
-    workdir_lib.write_json_atomic(os.path.join(workdir, "results.json"), summary)
+    fileio.write_json(os.path.join(workdir, "results.json"), summary)
   print(f"{config.model.name} on {config.data.name}: test accuracy {summary['test_accuracy']:.4f} "
         f"after {summary['steps']} steps  (workdir: {workdir})", flush=True)
   return summary

@@ -9,7 +9,8 @@ recipe         weights             schedule             loss mask               
 lth            theta_0 (init)      full, steps 0..T     CE   own lineage        Frankle & Carbin 2019
 rewind         theta_k (dense)     steps k..T           CE   own lineage        Frankle et al. 2019/2020
 lr_rewind      theta_T (trained)   steps k..T replayed  CE   own lineage        Renda et al. 2020
-finetune       theta_T (trained)   constant small LR    CE   own lineage        Renda et al.; Liu et al.
+finetune       theta_T (trained)   constant small LR    CE   own lineage        Renda et al. 2020
+pf_liu         theta_T (trained)   full, steps 0..T     CE   own lineage        Liu et al. 2021 (P&F)
 kd             theta_0             full                 KD   own lineage        Ma et al. 2021 (KD ticket)
 kd_rewind      theta_k             steps k..T           KD   own lineage        Ma et al. 2021
 kd_lr_rewind   theta_T             steps k..T replayed  KD   own lineage        combination
@@ -21,6 +22,16 @@ tost           as the control      as the control       CE   control's mask     
 ============== =================== ==================== ==== ================== ==========================
 
 "theta_T (trained)" is this recipe's own model from the previous round (the dense model in round 1).
+
+``finetune`` is Renda et al.'s fine-tuning: a small constant learning rate (the schedule's last)
+for ``imp.finetune_steps``. ``pf_liu`` is the "pruning & fine-tuning" Liu et al. ("Lottery Ticket
+Preserves Weight Correlation", ICML 2021, first circulated as "Lottery Ticket Implies Accuracy
+Degradation") compare lottery tickets with "under the same pruning algorithm and the same total
+training epochs" (their abstract): the trained, pruned weights are re-trained for as many steps as
+the ticket (``lth``: T) with the dense learning-rate schedule *restarted* (steps 0..T). Only the
+abstract and introduction of the paper were reachable (docs/methods.md §5); its exact fine-tuning
+schedule was not found, so this is the most faithful reading of "same total epochs" with the
+dense schedule, not a copied recipe. With a rewind step k = 0 it coincides with ``lr_rewind``.
 The *control* recipe of the two controls is ``config.imp.control_recipe`` (default ``lth``).
 ``tost`` re-trains the control recipe's subnetwork (same mask, weights and schedule) with the
 sparse re-training tweaks of ``config.tost`` (:mod:`kdt.tickets.tweaks`): "LTH + tweaks".
@@ -181,6 +192,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("rewind", weights="rewind", schedule="from_rewind"),
     Recipe("lr_rewind", weights="trained", schedule="from_rewind"),
     Recipe("finetune", weights="trained", schedule="finetune"),
+    Recipe("pf_liu", weights="trained", schedule="full"),
     Recipe("kd", weights="init", schedule="full", kd=True),
     Recipe("kd_rewind", weights="rewind", schedule="from_rewind", kd=True),
     Recipe("kd_lr_rewind", weights="trained", schedule="from_rewind", kd=True),

@@ -17,7 +17,8 @@ pruned network with a recipe of its own instead of the dense network's:
 * **label smoothing** α = 0.1 with the off-target mass α/(C−1) (``label_smoothing_convention=
   "off_target"``);
 * **LRsI** — layer-wise re-scaled initialisation by GradInit (:mod:`kdt.train.gradinit`), on
-  the dense initialisation before masking or on the masked network.
+  the dense initialisation before masking or on the pruned network (ToST's unmasked search, or a
+  masked one: ``tost.gradinit_variant``).
 
 The dense run never has tweaks. :class:`RetrainTweaks` turns an IMP re-training
 :class:`~kdt.train.loop.Run` of the plain model into the tweaked one: the mask and the source
@@ -295,7 +296,7 @@ class RetrainTweaks:
 
     lifted_mask = self.lift_mask(mask)
     scales = self.gradinit_scales(os.path.dirname(run.directory), params, batch_stats, mask,
-                                  dataset)
+                                  dataset, start=start)
 
     def init_state():
       p, b = self.lift_variables(params, batch_stats)
@@ -307,11 +308,15 @@ class RetrainTweaks:
                                loss=self.loss(run.loss))
 
   def gradinit_scales(self, directory: str, params: Any, batch_stats: Any, mask: Any,
-                      dataset) -> Any:
-    """LRsI: GradInit's per-leaf scales for this run, computed once and saved in ``directory``.
+                      dataset, start: int = 0) -> Any:
+    """LRsI: GradInit's per-leaf scales for this run, computed once and saved in ``directory``
+    (searched again if the saved ones came from other settings, e.g. an older kdt's search).
 
     ``tost.lrsi="dense"`` searches the scales of the unmasked network (the dense initialisation
-    before masking), ``"masked"`` those of the masked network. Returns None without LRsI.
+    before masking), ``"masked"`` those of the pruned network, the way ``tost.gradinit_variant``
+    says (:mod:`kdt.train.gradinit`: ToST's unmasked search or a masked one). A step-conditioned
+    network is searched in its form at ``start``, the step re-training starts from. Returns None
+    without LRsI.
     """
     if self.settings.lrsi == "none":
       return None
@@ -319,26 +324,32 @@ class RetrainTweaks:
     path = os.path.join(directory, "gradinit_scales.json")
     p, b = self.lift_variables(params, batch_stats)
     names = _leaf_names(p)
+    settings = schema.spec(gradinit.GradInitSettings, self.config.tost, prefix="gradinit_")
+    search = {"lrsi": self.settings.lrsi, "settings": dataclasses.asdict(settings),
+              "start_step": int(start)}
     if fileio.exists(path):
       with fileio.open(path, encoding="utf-8") as f:
         stored = json.load(f)
-      return jax.tree.unflatten(jax.tree.structure(p),
-                                [jnp.asarray(stored["scales"][n], jnp.float32) for n in names])
+      if all(stored.get(k) == v for k, v in search.items()):
+        return jax.tree.unflatten(jax.tree.structure(p),
+                                  [jnp.asarray(stored["scales"][n], jnp.float32) for n in names])
+      log.warning("GradInit scales in %s were searched with other settings (%s); searching again.",
+                  path, {k: stored.get(k) for k in search})
     search_mask = (jax.tree.map(lambda x: jnp.ones(x.shape, bool), p)
                    if self.settings.lrsi == "dense" else self.lift_mask(mask))
     config = self.config
-    settings = schema.spec(gradinit.GradInitSettings, config.tost, prefix="gradinit_")
     augment = dataset.info.augment if config.data.augment == "default" else config.data.augment
     result = gradinit.search(self.model, p, b, search_mask, dataset, settings,
                              batch_size=(int(config.tost.gradinit_batch_size)
                                          or int(config.train.batch_size)),
-                             augment=augment, seed=int(config.seeds.data_order))
+                             augment=augment, seed=int(config.seeds.data_order),
+                             start_step=int(start))
     scales = jax.tree.map(float, jax.device_get(result.scales))
     if jax.process_index() == 0:
       fileio.makedirs(directory)
       fileio.write_json(path, {
-          "lrsi": self.settings.lrsi, "settings": dataclasses.asdict(settings),
-          "scales": dict(zip(names, jax.tree.leaves(scales))), "history": result.history})
+          **search, "scales": dict(zip(names, jax.tree.leaves(scales))),
+          "history": result.history})
     log.info("GradInit (%s): %d iterations, scales in [%.3g, %.3g]", self.settings.lrsi,
              settings.iters, min(jax.tree.leaves(scales)), max(jax.tree.leaves(scales)))
     return jax.tree.map(lambda s: jnp.asarray(s, jnp.float32), scales)

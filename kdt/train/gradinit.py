@@ -26,9 +26,25 @@ Defaults are the ToST code's: 390 iterations, lr 1e-3, ``sgd``, η = 0.1, ``min_
 ``grad_clip`` 1, γ = ∞ (``gamma=0`` here), no gradient normalisation. Parameters that are all
 zero (zero-initialised biases) are skipped, as in the reference.
 
-With a mask the search sees the masked network (ToST ``train_ticket_type2.py``: GradInit after
-masking); pruned entries stay 0 because the forward pass masks them. The step is pure and
-jit-able; :func:`search` is the small host loop around it.
+Two variants of the search on a pruned network (``GradInitSettings.variant``):
+
+* ``"tost_unmasked"`` is ToST's type-2 script (``LRsI/train_ticket_type2.py``, read in its copy
+  ``LRsI/.ipynb_checkpoints/train_ticket_type2-checkpoint.py`` at commit 91b8329, zeroes the pruned
+  conv weights, then calls ``gradinit`` of ``LRsI/gradinit_utils.py`` on the plain network): the
+  pruned entries of :math:`\\theta^0` are 0, but nothing masks the search itself, so the gradient
+  :math:`g`, its norm :math:`\\|g\\|` and the look-ahead step
+  :math:`\\theta' = \\alpha\\odot\\theta^0 - \\eta g` include the pruned coordinates (in
+  :math:`\\theta'` they move off 0 to :math:`-\\eta g`). The learned scales multiply zeros there,
+  so the re-trained network is still the masked one.
+* ``"masked"`` masks the forward pass as well, so :math:`g`, :math:`\\|g\\|` and :math:`\\theta'`
+  live on the kept coordinates only: GradInit of the sparse network as the network re-training
+  trains. The two differ whenever the pruned coordinates' gradient is non-zero (always, in
+  practice): they are *not* equivalent.
+
+A step-conditioned re-training network (activation anneal, ghost fade; see
+:mod:`kdt.tickets.tweaks`) is evaluated at the schedule position re-training starts from
+(``step``), the network whose initialisation is being scaled. The step is pure and jit-able;
+:func:`search` is the small host loop around it.
 """
 
 from __future__ import annotations
@@ -49,6 +65,7 @@ from kdt.train import losses
 from kdt.train import steps
 
 GRADINIT_ALGS = ("sgd", "adam")
+GRADINIT_VARIANTS = ("tost_unmasked", "masked")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +84,9 @@ class GradInitSettings:
     b1: Adam beta1.
     b2: Adam beta2.
     eps: Adam epsilon.
+    variant: on a pruned network, ``"tost_unmasked"`` (ToST's type-2 script: the search sees the
+      pruned coordinates) or ``"masked"`` (the search sees only the kept ones); see the module
+      docstring.
   """
   iters: int = schema.default("tost.gradinit_iters")
   lr: float = schema.default("tost.gradinit_lr")
@@ -79,6 +99,7 @@ class GradInitSettings:
   b1: float = 0.9
   b2: float = 0.999
   eps: float = 1e-8
+  variant: str = schema.default("tost.gradinit_variant")
 
 
 class ScaleState(NamedTuple):
@@ -155,28 +176,33 @@ def rescale_adam(state: ScaleState, grads: Any, active: Any, floors: Any, *, con
                     cons_step=cons_step)
 
 
-def _loss(model, params, batch_stats, mask, images, labels) -> jax.Array:
-  """CE of the masked network, BN in training mode without touching the running statistics."""
-  variables = {"params": pruning.apply_mask(params, mask)}
+def _loss(model, params, batch_stats, mask, images, labels, step=None) -> jax.Array:
+  """CE of the network (masked unless ``mask`` is None) at schedule position ``step``, BN in
+  training mode without touching the running statistics."""
+  variables = {"params": params if mask is None else pruning.apply_mask(params, mask)}
   if batch_stats:
     variables["batch_stats"] = batch_stats
-    logits, _ = steps.apply_model(model, variables, images, train=True, mutable=["batch_stats"])
+    logits, _ = steps.apply_model(model, variables, images, train=True, step=step,
+                                  mutable=["batch_stats"])
   else:
-    logits = steps.apply_model(model, variables, images, train=True)
+    logits = steps.apply_model(model, variables, images, train=True, step=step)
   return losses.cross_entropy(logits.astype(jnp.float32), labels)
 
 
 def scale_gradients(alpha: Any, params0: Any, batch_stats: Any, mask: Any, batch_a: dict,
-                    batch_b: dict, *, model, settings: GradInitSettings) -> tuple:
+                    batch_b: dict, step: Any = None, *, model,
+                    settings: GradInitSettings) -> tuple:
   """The gradient of GradInit's objective with respect to the scales (pure).
 
   Args:
     alpha: per-leaf scales; the network is :math:`m \\odot \\alpha \\odot \\theta^0`.
-    params0: the initial parameters :math:`\\theta^0`.
+    params0: the initial parameters :math:`\\theta^0` (their pruned entries are zeroed here).
     batch_stats: BN statistics (only their structure matters: BN runs in training mode).
     mask: bool pytree.
     batch_a: ``{"image", "label"}`` of :math:`S_0 \\cup S_1` (gradient of the inner step).
     batch_b: ``{"image", "label"}`` of :math:`S_0 \\cup S_2` (loss after the inner step).
+    step: the schedule position of a step-conditioned model (the run's start step; None = the
+      end of the schedule). Other models ignore it.
     model: the network.
     settings: hyper-parameters.
 
@@ -186,12 +212,15 @@ def scale_gradients(alpha: Any, params0: Any, batch_stats: Any, mask: Any, batch
     inner step held constant; metrics ``loss0``, ``loss1`` (NaN on constraint steps), ``gnorm``
     and ``constraint``.
   """
+  params0 = pruning.apply_mask(params0, mask)
+  forward_mask = mask if settings.variant == "masked" else None
+
   def params_at(a):
     return jax.tree.map(lambda s, p: s * p, a, params0)
 
   def inner(a):
-    loss0, g = jax.value_and_grad(_loss, argnums=1)(model, params_at(a), batch_stats, mask,
-                                                    batch_a["image"], batch_a["label"])
+    loss0, g = jax.value_and_grad(_loss, argnums=1)(model, params_at(a), batch_stats, forward_mask,
+                                                    batch_a["image"], batch_a["label"], step)
     leaves = jax.tree.leaves(g)
     if settings.alg == "adam":
       gnorm = sum(jnp.sum(jnp.abs(x)) for x in leaves)
@@ -208,7 +237,8 @@ def scale_gradients(alpha: Any, params0: Any, batch_stats: Any, mask: Any, batch
       update = jax.tree.map(lambda x: scale * x, g)
     # The reference detaches the step (``gstep.data``): no gradient through g here.
     moved = jax.tree.map(jnp.subtract, params_at(a), jax.lax.stop_gradient(update))
-    loss1 = _loss(model, moved, batch_stats, mask, batch_b["image"], batch_b["label"])
+    loss1 = _loss(model, moved, batch_stats, forward_mask, batch_b["image"], batch_b["label"],
+                  step)
     return loss1 / settings.eta, loss1
 
   def constraint_branch(a):
@@ -228,7 +258,8 @@ def scale_gradients(alpha: Any, params0: Any, batch_stats: Any, mask: Any, batch
 
 
 def gradinit_step(state: ScaleState, params0: Any, batch_stats: Any, mask: Any, floors: Any,
-                  batch_a: dict, batch_b: dict, *, model, settings: GradInitSettings) -> tuple:
+                  batch_a: dict, batch_b: dict, step: Any = None, *, model,
+                  settings: GradInitSettings) -> tuple:
   """One GradInit iteration: :func:`scale_gradients`, then :func:`rescale_adam` (pure).
 
   Args:
@@ -239,14 +270,15 @@ def gradinit_step(state: ScaleState, params0: Any, batch_stats: Any, mask: Any, 
     floors: per-leaf lower bounds of the scales (:func:`min_scales`).
     batch_a: the inner step's batch :math:`S_0 \\cup S_1`.
     batch_b: the objective's batch :math:`S_0 \\cup S_2`.
+    step: the schedule position of a step-conditioned model (see :func:`scale_gradients`).
     model: the network (static).
     settings: hyper-parameters (static).
 
   Returns:
     ``(new_state, metrics)`` (metrics of :func:`scale_gradients`).
   """
-  active = jax.tree.map(lambda p: jnp.any(p != 0), params0)
-  grads, metrics = scale_gradients(state.alpha, params0, batch_stats, mask, batch_a, batch_b,
+  active = jax.tree.map(lambda p: jnp.any(p != 0), pruning.apply_mask(params0, mask))
+  grads, metrics = scale_gradients(state.alpha, params0, batch_stats, mask, batch_a, batch_b, step,
                                    model=model, settings=settings)
   new_state = rescale_adam(state, grads, active, floors, constraint=metrics["constraint"],
                            settings=settings)
@@ -258,7 +290,8 @@ _jitted_step = jax.jit(gradinit_step, static_argnames=("model", "settings"))
 
 
 def search(model, params: Any, batch_stats: Any, mask: Any, dataset, settings: GradInitSettings,
-           *, batch_size: int, augment: str, seed: int, mesh=None) -> GradInitResult:
+           *, batch_size: int, augment: str, seed: int, start_step: int = 0,
+           mesh=None) -> GradInitResult:
   """Runs GradInit for ``settings.iters`` iterations on training batches of ``dataset``.
 
   Iteration ``i`` draws the training batches of steps ``3i, 3i+1, 3i+2`` of data-order ``seed``
@@ -275,6 +308,8 @@ def search(model, params: Any, batch_stats: Any, mask: Any, dataset, settings: G
     batch_size: examples per batch (the step sees two batches at a time).
     augment: the augmentation of the training data (``dataset.info.augment`` if "default").
     seed: data-order and augmentation seed.
+    start_step: the schedule position the re-training starts from; a step-conditioned model
+      (activation anneal, ghost fade) is searched in its form at that step.
     mesh: device mesh (default: all devices).
 
   Returns:
@@ -301,11 +336,12 @@ def search(model, params: Any, batch_stats: Any, mask: Any, dataset, settings: G
     return jax.tree.map(lambda x, y: jnp.concatenate([x, y]), a, b)
 
   state = init_scale_state(params)
+  step = jnp.asarray(start_step, jnp.int32)
   history = []
   for i in range(settings.iters):
     s0, s1, s2 = batch(3 * i), batch(3 * i + 1), batch(3 * i + 2)
     state, metrics = _jitted_step(state, params, batch_stats, mask, floors, cat(s0, s1),
-                                  cat(s0, s2), model=model, settings=settings)
+                                  cat(s0, s2), step, model=model, settings=settings)
     if (i + 1) % 10 == 0 or i + 1 == settings.iters:
       m = jax.device_get(metrics)
       alphas = np.asarray(jax.device_get(jax.tree.leaves(state.alpha)))
