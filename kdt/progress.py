@@ -35,10 +35,16 @@ class Plan:
   text: str
 
 
+def _n(count: int, noun: str, plural: str | None = None) -> str:
+  """``1 round``, ``5 rounds`` (``plural``: when it is not ``noun + "s"``)."""
+  return f"{count} {noun if count == 1 else plural or noun + 's'}"
+
+
 def _imp_parts(imp: ml_collections.ConfigDict) -> tuple[int, str]:
   recipes = tuple(imp.recipes)
   return (int(imp.num_rounds) * len(recipes),
-          f"{int(imp.num_rounds)} rounds × {len(recipes)} recipes ({', '.join(recipes)})")
+          f"{_n(int(imp.num_rounds), 'round')} × {_n(len(recipes), 'recipe')} "
+          f"({', '.join(recipes)})")
 
 
 def _lmc_parts(config: ml_collections.ConfigDict) -> list[tuple[int, str]]:
@@ -52,7 +58,7 @@ def _lmc_parts(config: ml_collections.ConfigDict) -> list[tuple[int, str]]:
   parts = []
   if sparse:  # IMP rewound to each mask step (recipe rewind), on the shared dense run
     steps = {mask_step} if mask_step >= 0 else set(ks)
-    parts.append((len(steps) * max(rounds), f"{len(steps)} IMP × {max(rounds)} rounds"))
+    parts.append((len(steps) * max(rounds), f"{len(steps)} IMP × {_n(max(rounds), 'round')}"))
   copies = 0
   for k in ks:
     if "dense" in networks or sparse:
@@ -61,7 +67,7 @@ def _lmc_parts(config: ml_collections.ConfigDict) -> list[tuple[int, str]]:
       copies += len(rounds) * ((mask_step >= 0 and mask_step != k) + pairs)
     if "random" in networks:
       copies += len(rounds) * (1 + pairs)
-  parts.append((copies, f"{copies} copies ({len(ks)} k × {', '.join(networks)})"))
+  parts.append((copies, f"{_n(copies, 'copy', 'copies')} ({len(ks)} k × {', '.join(networks)})"))
   return parts
 
 
@@ -77,26 +83,28 @@ def plan(config: ml_collections.ConfigDict) -> Plan:
   if experiment == "prune_at_init":
     scores, rounds = tuple(config.prune_at_init.scores), int(config.imp.num_rounds)
     parts.append((len(scores) * rounds,
-                  f"{len(scores)} scores ({', '.join(scores)}) × {rounds} densities"))
+                  f"{_n(len(scores), 'score')} ({', '.join(scores)}) × "
+                  f"{_n(rounds, 'density', 'densities')}"))
   elif experiment == "dst":
     methods = tuple(config.dst.methods)
     densities = len(config.dst.densities) or int(config.imp.num_rounds)
     parts.append((len(methods) * densities,
-                  f"{len(methods)} methods ({', '.join(methods)}) × {densities} densities"))
+                  f"{_n(len(methods), 'method')} ({', '.join(methods)}) × "
+                  f"{_n(densities, 'density', 'densities')}"))
   elif experiment == "lmc":
     parts += _lmc_parts(config)
   elif experiment == "correlation":
     rates = len(config.correlation.learning_rates)
     dense = rates
     parts.append((rates * int(config.imp.num_rounds) * 2,
-                  f"{rates} learning rates × {int(config.imp.num_rounds)} rounds × 2 recipes "
-                  "(lth, random_reinit)"))
+                  f"{_n(rates, 'learning rate')} × {_n(int(config.imp.num_rounds), 'round')} × "
+                  "2 recipes (lth, random_reinit)"))
   runs = dense + sum(n for n, _ in parts)
   text = " + ".join([f"{dense} dense"] * bool(dense) + [t for _, t in parts])
   replicates = int(config.get("replicates", 1))
   if replicates > 1:
     text, runs = f"({text}) × {replicates} replicates", runs * replicates
-  return Plan(runs=runs, text=f"{text} = {runs} run{'s' * (runs != 1)}")
+  return Plan(runs=runs, text=f"{text} = {_n(runs, 'run')}")
 
 
 def header(config: ml_collections.ConfigDict, workdir: str, config_file: str | None = None) -> str:
