@@ -22,19 +22,8 @@ from kdt import config_lib
 
 def get_config():
   config = config_lib.base_config("prune_at_init")
-  config.model.name = "lenet_300_100"
-  config.data.name = "digits"
-  config.train.batch_size = 64
-  config.train.num_steps = 300            # ~13 epochs of the 1,437 training digits
-  config.train.eval_batch_size = 120
-  config.train.log_every_steps = 100
-  config.train.eval_every_steps = 100
-  config.train.checkpoint_every_steps = 150
+  config_lib.digits_quickstart(config)   # LeNet-300-100 on digits, 300 steps of 64
   config.optimizer.learning_rate = 0.05
-  config.optimizer.momentum = 0.9
-  config.optimizer.weight_decay = 1e-4
-  config.schedule.name = "step"
-  config.schedule.milestones = (200,)
   config.imp.recipes = ("lth",)
   config.imp.num_rounds = 6
   config.imp.pruning_rate = 0.5

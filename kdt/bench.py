@@ -600,19 +600,19 @@ def kdt_loop(name: str, settings: Settings) -> tuple[Callable, dict]:
   """``chunk()``: ``loop_chunk`` steps of kdt's training loop (masked CE, dataset augmentation)."""
   import jax
   from kdt import models, parallel
-  from kdt.train import loop
+  from kdt.train import loop, optim
   dataset = synthetic_dataset(MODEL_DATASETS.get(name, "cifar10"), settings.loop_examples)
   shape = dataset.info.input_shape
   model = models.create_model(name, num_classes=10, input_shape=shape)
   mesh = _mesh(kdt_device_count(name, settings.batch_size))
   trainer = loop.Trainer(model, dataset, mesh, loop.LoopSettings(
       batch_size=settings.batch_size, log_every_steps=0, checkpoint_every_steps=0))
-  optimizer = loop.OptimizerSpec()
+  optimizer = optim.OptimizerSpec()
   init = loop.init_state_fn(model, shape, optimizer.make(), 0)
   mask = random_mask(jax.eval_shape(init).params, jax.random.key(2))
   run = loop.Run(name="bench", directory="", init_state=init, mask=mask, end_step=10**9,
                  optimizer=optimizer,
-                 schedule=loop.ScheduleSpec(name="constant", learning_rate=0.1, num_steps=10**9))
+                 schedule=optim.ScheduleSpec(name="constant", learning_rate=0.1, num_steps=10**9))
   step_fn = trainer.train_step_for(run)
   box = {"state": jax.jit(init, out_shardings=parallel.replicated(mesh))(), "step": 0}
   mask = parallel.replicate(mask, mesh)

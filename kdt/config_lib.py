@@ -1,10 +1,26 @@
-"""Config schema, shared fragments and validation.
+"""Base configs (from the schema, kdt.schema), shared fragments and validation.
 
-Every config file in ``configs/`` starts from :func:`base_config` and overrides fields; the schema
-is the base config itself (every allowed field, with its type given by its default). Before any
-compute, :func:`validate` checks the *resolved* config (after ``--config.a.b=v`` overrides):
-unknown keys, wrong types, values out of range and inconsistent combinations each raise one
-:class:`ConfigError` naming the field, the value and what is allowed.
+Every config file in ``configs/`` starts from :func:`base_config` and overrides fields. The schema
+is :mod:`kdt.schema`: each field of each group is declared there once, with its default (which
+fixes its type) and its help for ``--list_fields``; :func:`base_config` builds the ConfigDict from
+it. Before any compute, :func:`validate` checks the *resolved* config (after ``--config.a.b=v``
+overrides): unknown keys, wrong types, values out of range and inconsistent combinations each
+raise one :class:`ConfigError` naming the field, the value and what is allowed. At the edge,
+:func:`kdt.schema.spec` turns a group into the frozen dataclass the code takes
+(``schema.spec(losses.LossConfig, config.loss)``); it is kdt's one ``from_config``.
+
+Adding a field:
+
+1. one line in its group in :mod:`kdt.schema`: ``"name": Field(default, "help")``; the field now
+   exists for ``--config.group.name=``, is type-checked, listed by ``--list_fields``, and reaches
+   any dataclass built by :func:`kdt.schema.spec` that has a field ``name``;
+2. a dataclass that should carry it declares ``name: type = schema.default("group.name")``;
+3. range / choice checks, if any, in :func:`validate` (or the group's ``_validate_<group>``), and
+   fixed value lists in :data:`kdt.names.CHOICES` for ``--list_fields``.
+
+A field outside any group (like ``experiment``) is one line in :data:`kdt.schema.TOP_LEVEL`. A
+new group is a new entry of :data:`kdt.schema.COMMON_GROUPS` (every experiment) or of
+:data:`kdt.schema.OPTIONAL_GROUPS` plus its experiments in :data:`EXPERIMENT_GROUPS`.
 
 All durations are in optimizer steps (``num_steps``, ``milestones``, ``rewind_step``, ...). Config
 files convert paper epochs to steps with :func:`epochs_to_steps` and say so in their docstrings.
@@ -18,6 +34,8 @@ import os
 from typing import Any
 
 import ml_collections
+
+from kdt import schema
 
 EXPERIMENT_GROUPS: dict[str, tuple[str, ...]] = {
     "train": (),
@@ -43,154 +61,22 @@ class ConfigError(ValueError):
     super().__init__(f"config.{field}={value!r} is invalid: allowed {allowed}.")
 
 
+def _group_config(fields: dict[str, schema.Field]) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({name: f.default for name, f in fields.items()})
+
+
 def base_config(experiment: str = "train") -> ml_collections.ConfigDict:
-  """Every field kdt knows for ``experiment``, with defaults.
+  """Every field kdt knows for ``experiment``, with defaults (from :mod:`kdt.schema`).
 
   Config files override fields; a field not in here is an error.
   """
-  c = ml_collections.ConfigDict()
+  c = _group_config(schema.TOP_LEVEL)
   c.experiment = experiment
-
-  c.seeds = ml_collections.ConfigDict()
-  c.seeds.init = 0          # parameter initialisation
-  c.seeds.data_order = 0    # epoch permutations
-  c.seeds.augment = 0       # crop / flip randomness
-  c.seeds.prune = 0         # random pruning baselines
-
-  c.model = ml_collections.ConfigDict()
-  c.model.name = "lenet_300_100"
-  c.model.activation = "relu"
-  c.model.compute_dtype = "float32"
-  c.model.init_scheme = "kdt"         # or "open_lth", "kd_ticket" (kdt.models.init_schemes)
-
-  c.data = ml_collections.ConfigDict()
-  c.data.name = "digits"
-  c.data.dir = ""           # raw archives (IDX .gz, CIFAR tarballs); "" = TFDS
-  c.data.tfds_dir = ""      # TFDS data_dir; "" = TFDS default (~/tensorflow_datasets)
-  c.data.val_size = 0       # first val_size training images become the validation set
-  c.data.augment = "default"
-  c.data.mean = ()          # per-channel input-normalisation means; () = the dataset's own
-  c.data.std = ()           # per-channel standard deviations; () = the dataset's own
-
-  c.train = ml_collections.ConfigDict()
-  c.train.batch_size = 128
-  c.train.num_steps = 1000
-  c.train.eval_batch_size = 500
-  c.train.eval_every_steps = 0        # 0 = evaluate only at the end
-  c.train.eval_every_epochs = 0.0     # > 0: evaluate every this many epochs (instead of steps)
-  c.train.eval_at_start = False       # also evaluate at the run's first step (open_lth "epoch 0")
-  c.train.log_every_steps = 100
-  c.train.checkpoint_every_steps = 500
-  c.train.keep_checkpoints = 2        # latest N kept besides pinned steps
-  c.train.pinned_steps = ()           # extra steps kept forever (rewind points)
-
-  c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.name = "sgd"
-  c.optimizer.learning_rate = 0.1
-  c.optimizer.momentum = 0.9
-  c.optimizer.nesterov = False
-  c.optimizer.weight_decay = 1e-4
-
-  c.schedule = ml_collections.ConfigDict()
-  c.schedule.name = "step"
-  c.schedule.milestones = ()
-  c.schedule.gamma = 0.1
-  c.schedule.warmup_steps = 0
-  c.schedule.end_learning_rate = 0.0
-
-  c.loss = ml_collections.ConfigDict()
-  c.loss.label_smoothing = 0.0
-  c.loss.label_smoothing_convention = "uniform"
-  c.loss.kd_alpha = 0.9
-  c.loss.kd_temperature = 4.0
-  c.loss.kd_reduction = "batchmean"
-  c.loss.kd_stop_step = -1            # -1 = KD for the whole run
-
-  c.parallel = ml_collections.ConfigDict()
-  c.parallel.distributed = False      # call jax.distributed.initialize() (also KDT_DISTRIBUTED=1)
-  c.parallel.ghost_batch_norm = False  # BN statistics per device ("ghost" BN) instead of global
-  c.parallel.host_devices = 0         # CPU: split into n host devices; 0 = auto (kdt.host_devices)
-
+  for group, fields in schema.COMMON_GROUPS.items():
+    c[group] = _group_config(fields)
   for group in EXPERIMENT_GROUPS[experiment]:
-    c[group] = _GROUP_FIELDS[group]()
+    c[group] = _group_config(schema.OPTIONAL_GROUPS[group])
   return c
-
-
-def imp_fields() -> ml_collections.ConfigDict:
-  """The ``config.imp`` group: iterative magnitude pruning and the re-training recipes.
-
-  Defaults follow open_lth's ``sparse_global`` IMP (20 % of the remaining weights per round,
-  global magnitude, conv + dense kernels) with the dense run's final model as the KD teacher,
-  except the count: ``count_convention="exact"`` removes exactly ceil(rate x remaining prunable);
-  ``"open_lth"`` is open_lth's arithmetic (its count includes the ignored layers, plus one; see
-  ``kdt.pruning.iterative_kept_count``), which every config reproducing an open_lth setting uses.
-  """
-  imp = ml_collections.ConfigDict()
-  imp.recipes = ("lth", "rewind", "kd", "random_reinit")
-  imp.num_rounds = 5
-  imp.pruning_rate = 0.2              # fraction of the remaining weights removed per round
-  imp.count_convention = "exact"      # "exact": ceil(rate*R) of R prunable; "open_lth": its
-                                      # sparse_global arithmetic (pruning.iterative_kept_count)
-  imp.pruning_schedule = "iterative"  # or "oneshot": every round prunes the dense weights
-  imp.densities = ()                  # oneshot only: explicit densities; () = (1-rate)^r
-  imp.score = "magnitude"             # kdt.pruning.SCORES: magnitude random snip grasp synflow taylor
-  imp.allocation = "global"           # kdt.pruning.ALLOCATIONS: global layerwise uniform erk
-  imp.prune_at = "trained"            # weights scored: "trained" (IMP), "init" (theta_0: pruning at
-                                      # initialisation), "rewind" (theta_k)
-  imp.score_batches = 1               # snip / grasp / taylor: training batches scored
-  imp.synflow_iterations = 100        # synflow: pruning rounds per mask (Tanaka et al.)
-  imp.erk_power_scale = 1.0           # erk: exponent of the ERK densities (0 = uniform)
-  imp.selector = "conv_dense"         # see kdt.pruning.selectors.PRESETS
-  imp.prune_stem = True
-  imp.rewind_step = 0                 # theta_k for rewind / lr_rewind recipes (steps)
-  imp.control_recipe = "lth"          # whose mask random_reinit / random_prune control
-  imp.teacher = "dense"               # KD teacher: "dense" (round 0) or "previous" round's model
-  imp.cache_teacher_logits = False    # teacher logits once per run (un-augmented data only)
-  imp.finetune_steps = 0              # 0 = T - rewind_step (Renda et al.: rewinding's budget)
-  imp.finetune_learning_rate = 0.0    # 0 = the dense schedule's final learning rate
-  imp.random_reinit_start = "control"  # random_reinit starts where its control does (open_lth's
-                                       # randomly_reinitialize: k for rewind), or "zero": 0..T
-  imp.mask_basis = "identity"         # prune coefficients c of w = B c: "identity" or "dct"
-  return imp
-
-
-def lmc_fields() -> ml_collections.ConfigDict:
-  """The ``config.lmc`` group: instability analysis against the rewind step (docs/methods.md §3).
-
-  For each rewind step k, copies of the dense network and of IMP subnetworks (masks from
-  ``config.imp``'s pruning settings, re-training recipe ``rewind``) start from theta_k and train
-  to ``train.num_steps`` under different data orders; see :mod:`kdt.analysis.experiments`.
-  """
-  lmc = ml_collections.ConfigDict()
-  lmc.rewind_steps = (0, 100, 500, 2000)  # the k's (steps of the dense run)
-  lmc.networks = ("dense", "imp", "random")  # random = random mask, IMP's per-layer counts
-  lmc.rounds = ()                     # IMP rounds analysed; () = every round 1..imp.num_rounds
-  lmc.mask_rewind_step = -1           # -1: IMP rewound to each k finds k's masks (LMC Alg. 2);
-                                      # >= 0: one IMP run rewound to this step, masks for all k
-  lmc.pair_seeds = (1,)               # data-order + augmentation seeds of the second copies
-  lmc.num_alphas = 30                 # evenly spaced points on the linear path
-  lmc.splits = ("test", "train")      # error along the path on these splits
-  lmc.batch_norm = "reestimate"       # or "interpolate" the running statistics
-  lmc.bn_batches = 8                  # training batches for the BN re-estimation
-  lmc.stable_threshold = 0.02         # instability (test error) below this: stable
-  lmc.matching_tolerance = 0.002      # accuracy within this of the dense run's: matching
-  lmc.top_p = 0.2                     # top-p magnitude overlap of theta_k vs trained
-  lmc.distance_weights = "prunable"   # L2 / angle over the masked prunable weights (Stabilizing
-                                      # the LTH), or "all" parameters (BN, biases, head too)
-  return lmc
-
-
-def correlation_fields() -> ml_collections.ConfigDict:
-  """The ``config.correlation`` group: Liu et al.'s learning-rate sweep (docs/methods.md §5).
-
-  For each learning rate: dense training from the same theta_0, IMP with recipes ``lth`` and
-  ``random_reinit`` (``config.imp``'s pruning settings), then init <-> trained weight correlation
-  and mask overlap; see :mod:`kdt.analysis.experiments`.
-  """
-  corr = ml_collections.ConfigDict()
-  corr.learning_rates = (0.01, 0.03, 0.1)
-  corr.top_p = 0.2                    # top-p magnitude overlap of theta_0 vs trained
-  return corr
 
 
 def epochs_to_steps(epochs: float, num_examples: int, batch_size: int) -> int:
@@ -250,6 +136,28 @@ def kd_ticket_cifar_recipe(config: ml_collections.ConfigDict) -> ml_collections.
   config.loss.kd_temperature = 5.0
   config.loss.kd_alpha = 0.9
   config.loss.kd_reduction = "mean"
+  return config
+
+
+def digits_quickstart(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The quickstarts' training (``configs/quickstart*.py``), in place; returns ``config``.
+
+  LeNet-300-100 on scikit-learn's digits (offline): batch 64, 300 steps (~13 epochs of the 1,437
+  training digits), SGD momentum 0.9, weight decay 1e-4, x0.1 at step 200, evaluation every 100
+  steps (batch 120), checkpoints every 150. The learning rate is each quickstart's own.
+  """
+  config.model.name = "lenet_300_100"
+  config.data.name = "digits"
+  config.train.batch_size = 64
+  config.train.num_steps = 300
+  config.train.eval_batch_size = 120
+  config.train.log_every_steps = 100
+  config.train.eval_every_steps = 100
+  config.train.checkpoint_every_steps = 150
+  config.optimizer.momentum = 0.9
+  config.optimizer.weight_decay = 1e-4
+  config.schedule.name = "step"
+  config.schedule.milestones = (200,)
   return config
 
 
@@ -322,12 +230,12 @@ def _type_name(value) -> str:
   return type(value).__name__
 
 
-def _check_structure(config: dict, schema: dict, prefix: str = "") -> None:
+def _check_structure(config: dict, known: dict, prefix: str = "") -> None:
   for key, value in config.items():
     name = f"{prefix}{key}"
-    if key not in schema:
-      raise ConfigError(name, value, f"no such field; known fields here: {sorted(schema)}")
-    expected = schema[key]
+    if key not in known:
+      raise ConfigError(name, value, f"no such field; known fields here: {sorted(known)}")
+    expected = known[key]
     if isinstance(expected, dict):
       if not isinstance(value, dict):
         raise ConfigError(name, value, f"a group of fields {sorted(expected)}")
@@ -493,7 +401,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
 
 
 def _validate_imp(cfg: dict, info) -> None:
-  """Checks of the ``imp`` group (see :func:`imp_fields`)."""
+  """Checks of the ``imp`` group (fields: :data:`kdt.schema.OPTIONAL_GROUPS`)."""
   from kdt.pruning import registry as pruning_registry
   from kdt.pruning import selectors
   from kdt.tickets import recipes as recipes_lib
@@ -569,7 +477,7 @@ def _distinct(cfg: dict, field: str, allowed: str, ok) -> list:
 
 
 def _validate_lmc(cfg: dict, info) -> None:
-  """Checks of the ``lmc`` group (see :func:`lmc_fields`)."""
+  """Checks of the ``lmc`` group (fields: :data:`kdt.schema.OPTIONAL_GROUPS`)."""
   num_steps, rounds = cfg["train"]["num_steps"], cfg["imp"]["num_rounds"]
   _distinct(cfg, "lmc.rewind_steps", f"steps in [0, train.num_steps - 1 = {num_steps - 1}]",
             lambda k: isinstance(k, int) and 0 <= k < num_steps)
@@ -597,7 +505,7 @@ def _validate_lmc(cfg: dict, info) -> None:
 
 
 def _validate_correlation(cfg: dict, info) -> None:
-  """Checks of the ``correlation`` group (see :func:`correlation_fields`)."""
+  """Checks of the ``correlation`` group (fields: :data:`kdt.schema.OPTIONAL_GROUPS`)."""
   _distinct(cfg, "correlation.learning_rates", "positive learning rates",
             lambda lr: isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0)
   _range(cfg, "correlation.top_p", 0.0, 1.0, low_open=True)
@@ -608,37 +516,6 @@ def _validate_correlation(cfg: dict, info) -> None:
 
 TOST_LRSI = ("none", "dense", "masked")
 GRADINIT_ALGS = ("sgd", "adam")
-
-
-def tost_fields() -> ml_collections.ConfigDict:
-  """The ``config.tost`` group: ToST's sparse re-training tweaks (docs/methods.md §2.2).
-
-  The tweaks change only the *re-training* of a pruned network; the dense run is never touched.
-  They apply to the recipe ``tost`` (the control recipe's mask, weights and schedule, re-trained
-  with the tweaks: "LTH + tweaks" on exactly the LTH masks) and to the recipes listed in
-  ``tost.recipes``. Every tweak is off by default; :func:`tost_preset` turns them all on.
-  """
-  t = ml_collections.ConfigDict()
-  t.recipes = ()                      # recipes re-trained with the tweaks besides ``tost``
-  t.activation = ""                   # re-training activation (ACTIVATIONS key); "" = model's own
-  t.activation_anneal_steps = 0       # >0: blend back to the model's activation over these steps
-  t.activation_anneal_start = 0       # schedule step where the blend starts
-  t.ghost_skips = False               # two 1x1 conv + BN ghost branches per residual block
-  t.ghost_init = 1e-4                 # constant initial ghost conv weight (ToST: 0.0001)
-  t.ghost_fade_steps = 0              # >0: scale the ghost branches down to 0 over these steps
-  t.ghost_fade_start = 0              # schedule step where the fade starts
-  t.label_smoothing = 0.0             # re-training label smoothing, alpha/(C-1) off target
-  t.lrsi = "none"                     # GradInit scales: "none", "dense" (before masking), "masked"
-  t.gradinit_iters = 390
-  t.gradinit_lr = 1e-3
-  t.gradinit_alg = "sgd"
-  t.gradinit_eta = 0.1
-  t.gradinit_min_scale = 0.01
-  t.gradinit_grad_clip = 1.0
-  t.gradinit_gamma = 0.0              # gradient-norm constraint; 0 = none (the code's inf)
-  t.gradinit_normalize_grad = False
-  t.gradinit_batch_size = 0           # 0 = train.batch_size
-  return t
 
 
 def tost_preset(config: ml_collections.ConfigDict, *, ghost_skips: bool = True,
@@ -674,7 +551,7 @@ def tweaks_enabled(tost: dict) -> bool:
 
 
 def _validate_tost(cfg: dict, info) -> None:
-  """Checks of the ``tost`` group (see :func:`tost_fields`)."""
+  """Checks of the ``tost`` group (fields: :data:`kdt.schema.OPTIONAL_GROUPS`)."""
   from kdt import models as models_lib
   from kdt.tickets import recipes as recipes_lib
 
@@ -732,31 +609,8 @@ DST_METHODS = ("rigl", "set", "static")
 DST_ALLOCATIONS = ("erk", "uniform", "layerwise")
 
 
-def dst_fields() -> ml_collections.ConfigDict:
-  """The ``config.dst`` group: sparse training from scratch (RigL, SET), docs/methods.md §6.
-
-  Each method trains a random sparse network (per-layer densities by ``allocation``) from
-  theta_0 for ``train.num_steps`` with the dense run's schedule, updating the mask every
-  ``update_every`` steps up to ``update_end_step``. The densities are the IMP rounds' (from
-  ``imp.pruning_rate`` and ``imp.num_rounds``) unless ``densities`` lists others; the prunable
-  weights are ``imp.selector``'s.
-  """
-  d = ml_collections.ConfigDict()
-  d.methods = ("rigl", "set")         # "rigl", "set", "static" (fixed random mask)
-  d.densities = ()                    # () = the IMP rounds' densities (1 - rate)^r
-  d.compare_imp = True                # also run IMP (config.imp) in workdir/imp
-  d.allocation = "erk"                # initial per-layer densities: "erk", "uniform", "layerwise"
-  d.erk_power_scale = 1.0
-  d.update_every = 100                # Delta T, steps between mask updates
-  d.update_end_step = 0               # last update step; 0 = 75 % of train.num_steps
-  d.drop_fraction = 0.3               # alpha
-  d.drop_schedule = "cosine"          # or "constant"
-  d.init = "dense"                    # "dense" (theta_0 masked) or "sparsity_aware" (fan-in)
-  return d
-
-
 def _validate_dst(cfg: dict, info) -> None:
-  """Checks of the ``dst`` group (see :func:`dst_fields`)."""
+  """Checks of the ``dst`` group (fields: :data:`kdt.schema.OPTIONAL_GROUPS`)."""
   dst, num_steps = cfg["dst"], cfg["train"]["num_steps"]
   methods = list(dst["methods"])
   if not methods or any(m not in DST_METHODS for m in methods) or len(set(methods)) != len(methods):
@@ -774,24 +628,8 @@ def _validate_dst(cfg: dict, info) -> None:
   _choice(cfg, "dst.init", ("dense", "sparsity_aware"))
 
 
-def prune_at_init_fields() -> ml_collections.ConfigDict:
-  """The ``config.prune_at_init`` group: masks at theta_0 against IMP's (docs/methods.md).
-
-  For each score, a one-shot mask of theta_0 at every IMP round density (``imp.pruning_rate``,
-  ``imp.num_rounds``), re-trained by ``recipe`` exactly as IMP's tickets; see
-  :mod:`kdt.experiments.prune_at_init`. Scoring settings (``imp.score_batches``,
-  ``imp.synflow_iterations``, ``imp.erk_power_scale``) come from the ``imp`` group.
-  """
-  p = ml_collections.ConfigDict()
-  p.scores = ("snip", "grasp", "synflow", "random")  # kdt.pruning.SCORES
-  p.allocation = "global"             # kdt.pruning.ALLOCATIONS (synflow: global only)
-  p.recipe = "lth"                    # how every mask is re-trained (a non-control recipe)
-  p.compare_imp = True                # also run IMP (config.imp) in workdir/imp
-  return p
-
-
 def _validate_prune_at_init(cfg: dict, info) -> None:
-  """Checks of the ``prune_at_init`` group (see :func:`prune_at_init_fields`)."""
+  """Checks of the ``prune_at_init`` group (fields: :data:`kdt.schema.OPTIONAL_GROUPS`)."""
   del info
   from kdt.pruning import registry as pruning_registry
   from kdt.tickets import recipes as recipes_lib
@@ -807,8 +645,6 @@ def _validate_prune_at_init(cfg: dict, info) -> None:
   _choice(cfg, "prune_at_init.recipe", own)
 
 
-_GROUP_FIELDS = {"imp": imp_fields, "tost": tost_fields, "dst": dst_fields, "lmc": lmc_fields,
-                 "correlation": correlation_fields, "prune_at_init": prune_at_init_fields}
 _GROUP_VALIDATORS = {"imp": _validate_imp, "tost": _validate_tost, "dst": _validate_dst,
                      "lmc": _validate_lmc, "correlation": _validate_correlation,
                      "prune_at_init": _validate_prune_at_init}

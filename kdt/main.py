@@ -11,9 +11,7 @@ from __future__ import annotations
 import ast
 import difflib
 import glob
-import inspect
 import os
-import re
 import sys
 from typing import NoReturn, Sequence
 
@@ -24,6 +22,7 @@ from ml_collections import config_flags
 
 from kdt import config_lib
 from kdt import names
+from kdt import schema
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.",
                                           lock_config=True)
@@ -109,45 +108,15 @@ def help_text() -> str:
   return "\n".join(lines)
 
 
-_GROUP_FUNCTIONS = {"imp": "imp_fields", "lmc": "lmc_fields", "correlation": "correlation_fields",
-                    "tost": "tost_fields", "dst": "dst_fields"}
-
-
-def field_comments() -> dict[str, str]:
-  """The one-line comments next to each field in :mod:`kdt.config_lib` (best effort)."""
-  comments = {}
-
-  def scan(function, group=None):
-    try:
-      source = inspect.getsource(function)
-    except (OSError, TypeError):
-      return
-    for line in source.splitlines():
-      if group is None:
-        match = re.match(r"\s*c\.(\w+)\.(\w+)\s*=.*?#\s*(.+)$", line)
-        if match:
-          comments[f"{match[1]}.{match[2]}"] = match[3].strip()
-      else:
-        match = re.match(r"\s*\w+\.(\w+)\s*=.*?#\s*(.+)$", line)
-        if match:
-          comments[f"{group}.{match[1]}"] = match[2].strip()
-
-  scan(config_lib.base_config)
-  for group, name in _GROUP_FUNCTIONS.items():
-    if hasattr(config_lib, name):
-      scan(getattr(config_lib, name), group)
-  return comments
-
-
 def list_fields(config) -> str:
-  """Every field of ``config``: value here, the schema default, allowed values and a comment."""
+  """Every field of ``config``: value here, the schema default, allowed values and its help."""
   flat = config_lib._flatten(config_lib.to_dict(config))  # pylint: disable=protected-access
   experiment = flat.get("experiment", "train")
   try:
     defaults = config_lib._flatten(config_lib.to_dict(config_lib.base_config(experiment)))  # pylint: disable=protected-access
   except Exception:  # pylint: disable=broad-except
     defaults = {}
-  comments = field_comments()
+  helps = schema.help_texts()
   width = max(len(k) for k in flat) + len("--config.")
   lines = [f"Fields of this config (experiment {experiment!r}); override any with "
            "--config.<field>=VALUE:", ""]
@@ -160,8 +129,8 @@ def list_fields(config) -> str:
       parts.append(f"(default {default!r})")
     if key in names.CHOICES:
       parts.append(f"allowed: {', '.join(repr(c) for c in names.CHOICES[key])}")
-    if key in comments:
-      parts.append(f"# {comments[key]}")
+    if key in helps:
+      parts.append(f"# {helps[key]}")
     lines.append("  ".join(parts))
   return "\n".join(lines)
 

@@ -15,13 +15,15 @@ from kdt import models as models_lib
 from kdt import parallel
 from kdt.tickets import batch
 from kdt.train import loop
+from kdt.train import losses
+from kdt.train import optim
 from kdt.train import steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 END_STEP = 10
-OPTIMIZER = loop.OptimizerSpec(name="sgd", momentum=0.9, weight_decay=1e-4)
-SCHEDULE = loop.ScheduleSpec(name="step", learning_rate=0.05, num_steps=END_STEP, milestones=(6,))
-LOSS = loop.losses.LossConfig(kd_alpha=0.5, kd_temperature=2.0)
+OPTIMIZER = optim.OptimizerSpec(name="sgd", momentum=0.9, weight_decay=1e-4)
+SCHEDULE = optim.ScheduleSpec(name="step", learning_rate=0.05, num_steps=END_STEP, milestones=(6,))
+LOSS = losses.LossConfig(kd_alpha=0.5, kd_temperature=2.0)
 
 
 def _setup(dataset=None, num_tickets=3):

@@ -7,6 +7,7 @@ import ml_collections
 import pytest
 
 from kdt import config_lib
+from kdt import schema
 
 
 class _Attr:
@@ -193,3 +194,133 @@ def test_normalization_fields_reach_the_dataset():
   from kdt.experiments import setup as setup_lib
   info = setup_lib.load_data(config).info
   assert (info.mean, info.std) == ((0.5,), (0.25,))
+
+
+# ---------------------------------------------------------------------------------------------
+# One schema (kdt.schema): every field declared once, the dataclasses filled by one `spec`.
+
+def _carriers():
+  """(dataclass, group, prefix, fields that come from elsewhere) of every group carrier."""
+  from kdt.pruning import dynamic, registry
+  from kdt.tickets import tweaks
+  from kdt.train import gradinit, loop, losses, optim
+  return [(optim.OptimizerSpec, "optimizer", "", {}),
+          (optim.ScheduleSpec, "schedule", "", {"learning_rate": 0.1, "num_steps": 1000}),
+          (losses.LossConfig, "loss", "", {}),
+          (loop.LoopSettings, "train", "", {}),
+          (tweaks.TweakSettings, "tost", "", {}),
+          (gradinit.GradInitSettings, "tost", "gradinit_", {}),
+          (registry.Pruner, "imp", "", {"prunable": {}}),
+          (dynamic.DropSchedule, "dst", "", {})]
+
+
+def test_every_field_has_one_help_line():
+  helps = schema.help_texts()
+  fields = set()
+  for experiment in config_lib.EXPERIMENTS:
+    tree = config_lib.to_dict(config_lib.base_config(experiment))
+    fields |= set(config_lib._flatten(tree))  # pylint: disable=protected-access
+  assert fields == set(helps)
+  assert all(text.strip() and "\n" not in text for text in helps.values())
+
+
+def test_list_fields_prints_every_fields_help():
+  from kdt import main
+  for experiment in config_lib.EXPERIMENTS:
+    lines = main.list_fields(config_lib.base_config(experiment)).splitlines()[2:]
+    assert lines and all("  # " in line for line in lines), experiment
+
+
+def test_base_config_is_built_from_the_schema():
+  config = config_lib.base_config("dst")
+  assert set(config) == {*schema.TOP_LEVEL, *schema.COMMON_GROUPS, "imp", "tost", "dst"}
+  for group in ("loss", "imp", "tost", "dst"):
+    assert set(config[group]) == set(schema._group(group))  # pylint: disable=protected-access
+  assert config.loss.kd_alpha == schema.default("loss.kd_alpha") == 0.9
+  assert config.tost.gradinit_iters == schema.default("tost.gradinit_iters") == 390
+
+
+def test_dataclasses_default_to_the_schema():
+  """Every dataclass field named like a field of its group has that field's default, so a
+  dataclass built from the default config equals the dataclass's own defaults."""
+  import dataclasses
+  config = config_lib.base_config("dst")
+  checked = 0
+  for cls, group, prefix, values in _carriers():
+    required = {}
+    for f in dataclasses.fields(cls):
+      if prefix + f.name in config[group]:
+        default = schema.default(f"{group}.{prefix}{f.name}")
+        if f.default is dataclasses.MISSING:  # e.g. ScheduleSpec.name: always given
+          required[f.name] = default
+        else:
+          assert f.default == default and type(f.default) is type(default), (cls, f.name)
+          checked += 1
+    if cls.__name__ != "DropSchedule":  # its fields are named otherwise (dst.py maps them)
+      assert (schema.spec(cls, config[group], prefix=prefix, **values)
+              == cls(**values, **required)), cls
+  assert checked >= 40
+  from kdt.pruning import dynamic
+  assert dynamic.DropSchedule().initial == schema.default("dst.drop_fraction")
+  assert dynamic.DropSchedule().every == schema.default("dst.update_every")
+  assert dynamic.DropSchedule().kind == schema.default("dst.drop_schedule")
+
+
+def test_no_hand_written_from_config():
+  for cls, *_ in _carriers():
+    assert not hasattr(cls, "from_config"), cls
+
+
+def test_spec_is_generic_and_casts_by_the_field_type():
+  """A group field reaches a dataclass field of its name with no code; values cast to the
+  annotated type; ``values`` win over the group; fields the group lacks keep their default."""
+  import dataclasses
+
+  @dataclasses.dataclass(frozen=True)
+  class Toy:
+    rate: float
+    steps: tuple[int, ...] = ()
+    on: bool = False
+    name: str = "x"
+    extra: int = 7
+
+  group = ml_collections.ConfigDict({"rate": 1, "steps": [3, 4], "on": 1, "name": "y",
+                                     "unrelated": "z"})
+  toy = schema.spec(Toy, group)
+  assert toy == Toy(rate=1.0, steps=(3, 4), on=True, name="y", extra=7)
+  assert type(toy.rate) is float and type(toy.steps) is tuple
+  assert schema.spec(Toy, group, rate=0.5).rate == 0.5
+  tost = ml_collections.ConfigDict({"gradinit_rate": 2, "rate": 9})
+  assert schema.spec(Toy, tost, prefix="gradinit_").rate == 2.0
+
+
+def test_a_new_group_field_reaches_the_dataclasses(monkeypatch):
+  """Adding a field is one schema line: the config has it, ``spec`` fills a dataclass with it."""
+  import dataclasses
+  from kdt.train import losses
+  monkeypatch.setitem(schema.COMMON_GROUPS, "loss", dict(
+      schema.COMMON_GROUPS["loss"], kd_new=schema.Field(3, "a new field")))
+  config = config_lib.base_config()
+  assert config.loss.kd_new == 3 and schema.help_texts()["loss.kd_new"] == "a new field"
+  config.loss.kd_alpha = 0.5
+  wider = dataclasses.make_dataclass("Wider", [("kd_new", int, dataclasses.field(default=0))],
+                                     bases=(losses.LossConfig,), frozen=True)
+  assert schema.spec(wider, config.loss) == wider(kd_alpha=0.5, kd_new=3)
+
+
+def test_schema_imports_no_jax():
+  import subprocess
+  import sys
+  code = "import sys, kdt.schema, kdt.config_lib; assert 'jax' not in sys.modules, 'jax'"
+  subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_quickstarts_share_the_digits_training():
+  paths = glob.glob(os.path.join(REPO, "configs", "quickstart*.py"))
+  assert len(paths) >= 6
+  for path in paths:
+    config = load(path)
+    assert "config_lib.digits_quickstart(config)" in open(path, encoding="utf-8").read(), path
+    assert (config.model.name, config.data.name, config.train.num_steps,
+            config.train.batch_size, tuple(config.schedule.milestones)) == (
+                "lenet_300_100", "digits", 300, 64, (200,)), path

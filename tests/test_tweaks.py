@@ -28,6 +28,7 @@ from kdt.tickets import tweaks
 from kdt.train import gradinit
 from kdt.train import loop
 from kdt.train import losses
+from kdt.train import optim
 from kdt.train import steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -121,7 +122,7 @@ def test_train_and_eval_steps_pass_the_step_to_step_conditioned_models():
   dense = models.create_model("lenet_300_100", num_classes=10, input_shape=DIGITS)
   model = tweaks.retraining_model(dense, _settings(activation="elu", activation_anneal_steps=4))
   variables = _variables(model)
-  direction = loop.OptimizerSpec().make()
+  direction = optim.OptimizerSpec().make()
   mask = jax.tree.map(lambda p: jnp.ones(p.shape, bool), variables["params"])
   batch = {"image": jax.random.normal(jax.random.key(2), (8, *DIGITS)),
            "label": jnp.arange(8) % 10, "weight": jnp.ones(8)}
@@ -248,7 +249,7 @@ def test_gradinit_search_lowers_the_post_step_loss_and_keeps_pruned_weights_zero
 
 def _plain_run(directory, mask):
   return loop.Run(name="r", directory=directory, init_state=None, mask=mask, end_step=10,
-                  optimizer=loop.OptimizerSpec(), schedule=loop.ScheduleSpec("constant", 0.1, 10))
+                  optimizer=optim.OptimizerSpec(), schedule=optim.ScheduleSpec("constant", 0.1, 10))
 
 
 def test_adapt_run_lifts_mask_and_weights_and_tweaks_the_loss(tmp_path):
@@ -258,7 +259,7 @@ def test_adapt_run_lifts_mask_and_weights_and_tweaks_the_loss(tmp_path):
   dense_vars = _variables(dense)
   mask = jax.tree.map(lambda p: jnp.ones(p.shape, bool).at[(0,) * p.ndim].set(False),
                       dense_vars["params"])
-  direction = loop.OptimizerSpec().make()
+  direction = optim.OptimizerSpec().make()
   run = _plain_run(str(tmp_path / "round" / "train"), mask)
   adapted = lifter.adapt_run(run, params=dense_vars["params"],
                              batch_stats=dense_vars["batch_stats"], mask=mask, start=3,
@@ -291,7 +292,7 @@ def test_adapt_run_applies_gradinit_scales_once(tmp_path):
   variables = _variables(dense)
   mask = jax.tree.map(lambda p: jnp.asarray(np.random.default_rng(2).random(p.shape) < 0.5),
                       variables["params"])
-  direction = loop.OptimizerSpec().make()
+  direction = optim.OptimizerSpec().make()
   run = _plain_run(str(tmp_path / "round" / "train"), mask)
   dataset = setup_lib.load_data(config)
   adapted = lifter.adapt_run(run, params=variables["params"], batch_stats={}, mask=mask, start=0,

@@ -49,6 +49,7 @@ from kdt import faults
 from kdt import fileio
 from kdt import pruning
 from kdt import report
+from kdt import schema
 from kdt import timing
 from kdt.experiments.setup import InvariantError
 from kdt.experiments.setup import Setup
@@ -150,13 +151,10 @@ class IMPRounds:
       variables = {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
       return model.apply(variables, x, train=False)
 
-    return pruning.Pruner(
-        score=imp.score, allocation=imp.allocation, prunable=self.prunable,
+    return schema.spec(
+        pruning.Pruner, imp, prunable=self.prunable,
         loss_fn=pruning.classification_loss(apply_fn), apply_fn=apply_fn,
-        input_shape=(1, *self.setup.dataset.info.input_shape),
-        erk_power_scale=float(imp.erk_power_scale),
-        synflow_iterations=int(imp.synflow_iterations), count_convention=imp.count_convention,
-        ignored=self.setup.num_ignored)
+        input_shape=(1, *self.setup.dataset.info.input_shape), ignored=self.setup.num_ignored)
 
   def _prune_fn(self, params, batch_stats, mask, key, batches, *, density):
     """The round's mask of ``params`` under ``mask`` — pure (``density`` None: a round of

@@ -29,6 +29,7 @@ from kdt import models as models_lib
 from kdt import parallel
 from kdt import pruning
 from kdt import report
+from kdt import schema
 from kdt.pruning import basis as basis_lib
 from kdt.tickets import recipes as recipes_lib
 from kdt.train import loop
@@ -133,9 +134,11 @@ class Setup:
                                    prune_stem=imp.prune_stem, image_shape=dataset.info.input_shape)
     make_trainer = functools.partial(_make_trainer, config, workdir, dataset, mesh,
                                      progress=progress)
-    optimizer = optim.OptimizerSpec.from_config(config)
-    schedule = optim.ScheduleSpec.from_config(config)
-    loss = losses.LossConfig.from_config(config)
+    optimizer = schema.spec(optim.OptimizerSpec, config.optimizer)
+    schedule = schema.spec(optim.ScheduleSpec, config.schedule,
+                           learning_rate=config.optimizer.learning_rate,
+                           num_steps=config.train.num_steps)
+    loss = schema.spec(losses.LossConfig, config.loss)
     init = loop.init_state_fn(model, dataset.info.input_shape, optimizer.make(), config.seeds.init)
     dense = loop.Run(
         name="dense", directory=os.path.join(workdir, "dense"), init_state=init,
@@ -244,6 +247,15 @@ class Setup:
     return init_state
 
 
+def loop_settings(config: ml_collections.ConfigDict, num_train: int) -> loop.LoopSettings:
+  """The cadence of ``config.train`` (``num_train``: training examples, for per-epoch
+  evaluation, ``train.eval_every_epochs``)."""
+  train = config.train
+  eval_every = train.eval_every_steps or data_lib.order.every_steps(
+      train.eval_every_epochs, num_train, train.batch_size)
+  return schema.spec(loop.LoopSettings, train, eval_every_steps=eval_every)
+
+
 def _make_trainer(config: ml_collections.ConfigDict, workdir: str, dataset, mesh,
                   model: nn.Module, teacher_model: nn.Module | None = None, *,
                   progress: Callable[[loop.Progress], str | None] | None = None) -> loop.Trainer:
@@ -252,7 +264,7 @@ def _make_trainer(config: ml_collections.ConfigDict, workdir: str, dataset, mesh
   tb_root = os.path.join(workdir, "tensorboard")
   just_logging = jax.process_index() > 0
   return loop.Trainer(
-      model, dataset, mesh, loop.LoopSettings.from_config(config, len(dataset.train)),
+      model, dataset, mesh, loop_settings(config, len(dataset.train)),
       augment=config.data.augment,
       writer_factory=lambda name, purge_step=None: report.create_writer(
           os.path.join(tb_root, name), just_logging=just_logging, purge_step=purge_step,

@@ -38,6 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from kdt import schema
+
 __all__ = [
     "DROP_SCHEDULES",
     "DropSchedule",
@@ -65,11 +67,11 @@ class DropSchedule:
     every: :math:`\\Delta T`, steps between updates (RigL: 100).
     kind: ``"cosine"`` or ``"constant"``.
   """
-  initial: float = 0.3
+  initial: float = schema.default("dst.drop_fraction")
   end_step: int = 75_000
   begin_step: int = 0
-  every: int = 100
-  kind: str = "cosine"
+  every: int = schema.default("dst.update_every")
+  kind: str = schema.default("dst.drop_schedule")
 
   def __post_init__(self):
     if self.kind not in DROP_SCHEDULES:

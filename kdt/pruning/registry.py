@@ -43,6 +43,7 @@ from typing import Any, Callable
 
 import jax
 
+from kdt import schema
 from kdt.pruning import masks
 from kdt.pruning import scores as scores_lib
 
@@ -98,10 +99,10 @@ class Pruner:
   loss_fn: Callable[..., Any] | None = None
   apply_fn: Callable[..., Any] | None = None
   input_shape: tuple[int, ...] = ()
-  erk_power_scale: float = 1.0
-  synflow_iterations: int = 100
+  erk_power_scale: float = schema.default("imp.erk_power_scale")
+  synflow_iterations: int = schema.default("imp.synflow_iterations")
   grasp_temperature: float = 200.0
-  count_convention: str = "exact"
+  count_convention: str = schema.default("imp.count_convention")
   ignored: int = 0
 
   def __post_init__(self):

@@ -50,6 +50,7 @@ from kdt import checkpoint as checkpoint_lib
 from kdt import parallel
 from kdt.train import losses
 from kdt.train import loop
+from kdt.train import optim
 from kdt.train.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -290,8 +291,8 @@ class BatchTrainer:
       return strategy, reason, _Sequential(self.trainer, run, tickets, teacher)
     return strategy, reason, _Mapped(self.trainer, run, tickets, teacher, strategy)
 
-  def train(self, tickets: Sequence[Ticket], *, end_step: int, optimizer: loop.OptimizerSpec,
-            schedule: loop.ScheduleSpec, loss: losses.LossConfig = losses.LossConfig(),
+  def train(self, tickets: Sequence[Ticket], *, end_step: int, optimizer: optim.OptimizerSpec,
+            schedule: optim.ScheduleSpec, loss: losses.LossConfig = losses.LossConfig(),
             teacher: dict | None = None, directory: str | None = None,
             name: str = "tickets") -> BatchResult:
     """Trains every ticket from its starting state to ``end_step``, together.
@@ -433,8 +434,8 @@ def benchmark(model_name: str = "conv2", dataset_name: str = "digits", num_ticke
                                   input_shape=dataset.info.input_shape)
   settings = loop.LoopSettings(batch_size=batch_size, log_every_steps=0, checkpoint_every_steps=0)
   trainer = loop.Trainer(model, dataset, parallel.make_mesh(), settings)
-  optimizer = loop.OptimizerSpec()
-  schedule = loop.ScheduleSpec(name="constant", learning_rate=0.01, num_steps=steps + 1)
+  optimizer = optim.OptimizerSpec()
+  schedule = optim.ScheduleSpec(name="constant", learning_rate=0.01, num_steps=steps + 1)
   direction = optimizer.make()
   tickets = []
   for k in range(num_tickets):

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 
 from kdt import fileio
 from kdt import models as models_lib
+from kdt import schema
 from kdt.pruning import basis as basis_lib
 from kdt.train import losses
 
@@ -145,33 +146,18 @@ def _ones_like_shapes(shapes: Any) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class TweakSettings:
-  """The ``config.tost`` group as hashable data (see :func:`kdt.config_lib.tost_fields`)."""
-  recipes: tuple[str, ...] = ()
-  activation: str = ""
-  activation_anneal_steps: int = 0
-  activation_anneal_start: int = 0
-  ghost_skips: bool = False
-  ghost_init: float = 1e-4
-  ghost_fade_steps: int = 0
-  ghost_fade_start: int = 0
-  label_smoothing: float = 0.0
-  lrsi: str = "none"
-  gradinit: dict = dataclasses.field(default_factory=dict, hash=False, compare=False)
-
-  @classmethod
-  def from_config(cls, config) -> "TweakSettings":
-    """From ``config.tost``; all tweaks off when the config has no ``tost`` group."""
-    if "tost" not in config:
-      return cls()
-    t = config.tost
-    return cls(
-        recipes=tuple(t.recipes), activation=t.activation,
-        activation_anneal_steps=int(t.activation_anneal_steps),
-        activation_anneal_start=int(t.activation_anneal_start), ghost_skips=bool(t.ghost_skips),
-        ghost_init=float(t.ghost_init), ghost_fade_steps=int(t.ghost_fade_steps),
-        ghost_fade_start=int(t.ghost_fade_start), label_smoothing=float(t.label_smoothing),
-        lrsi=t.lrsi,
-        gradinit={k[len("gradinit_"):]: v for k, v in t.items() if k.startswith("gradinit_")})
+  """The ``config.tost`` group as hashable data (fields: :data:`kdt.schema.OPTIONAL_GROUPS`; its
+  ``gradinit_*`` fields are :class:`kdt.train.gradinit.GradInitSettings`)."""
+  recipes: tuple[str, ...] = schema.default("tost.recipes")
+  activation: str = schema.default("tost.activation")
+  activation_anneal_steps: int = schema.default("tost.activation_anneal_steps")
+  activation_anneal_start: int = schema.default("tost.activation_anneal_start")
+  ghost_skips: bool = schema.default("tost.ghost_skips")
+  ghost_init: float = schema.default("tost.ghost_init")
+  ghost_fade_steps: int = schema.default("tost.ghost_fade_steps")
+  ghost_fade_start: int = schema.default("tost.ghost_fade_start")
+  label_smoothing: float = schema.default("tost.label_smoothing")
+  lrsi: str = schema.default("tost.lrsi")
 
   @property
   def enabled(self) -> bool:
@@ -222,7 +208,8 @@ class RetrainTweaks:
 
   def __init__(self, config, dense_model, input_shape):
     self.config = config
-    self.settings = TweakSettings.from_config(config)
+    self.settings = (schema.spec(TweakSettings, config.tost) if "tost" in config
+                     else TweakSettings())
     self.dense_model = dense_model
     self.model = retraining_model(dense_model, self.settings)
     self.input_shape = tuple(input_shape)
@@ -339,15 +326,12 @@ class RetrainTweaks:
                                 [jnp.asarray(stored["scales"][n], jnp.float32) for n in names])
     search_mask = (jax.tree.map(lambda x: jnp.ones(x.shape, bool), p)
                    if self.settings.lrsi == "dense" else self.lift_mask(mask))
-    g = self.settings.gradinit
-    settings = gradinit.GradInitSettings(
-        iters=int(g["iters"]), lr=float(g["lr"]), alg=g["alg"], eta=float(g["eta"]),
-        min_scale=float(g["min_scale"]), grad_clip=float(g["grad_clip"]),
-        gamma=float(g["gamma"]), normalize_grad=bool(g["normalize_grad"]))
     config = self.config
+    settings = schema.spec(gradinit.GradInitSettings, config.tost, prefix="gradinit_")
     augment = dataset.info.augment if config.data.augment == "default" else config.data.augment
     result = gradinit.search(self.model, p, b, search_mask, dataset, settings,
-                             batch_size=int(g["batch_size"]) or int(config.train.batch_size),
+                             batch_size=(int(config.tost.gradinit_batch_size)
+                                         or int(config.train.batch_size)),
                              augment=augment, seed=int(config.seeds.data_order))
     scales = jax.tree.map(float, jax.device_get(result.scales))
     if jax.process_index() == 0:

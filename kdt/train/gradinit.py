@@ -43,6 +43,7 @@ import numpy as np
 from kdt import data as data_lib
 from kdt import parallel
 from kdt import pruning
+from kdt import schema
 from kdt.pruning import selectors
 from kdt.train import losses
 from kdt.train import steps
@@ -52,7 +53,7 @@ GRADINIT_ALGS = ("sgd", "adam")
 
 @dataclasses.dataclass(frozen=True)
 class GradInitSettings:
-  """GradInit hyper-parameters (ToST code defaults).
+  """GradInit hyper-parameters (ToST code defaults; ``config.tost.gradinit_<attribute>``).
 
   Attributes:
     iters: number of iterations.
@@ -67,14 +68,14 @@ class GradInitSettings:
     b2: Adam beta2.
     eps: Adam epsilon.
   """
-  iters: int = 390
-  lr: float = 1e-3
-  alg: str = "sgd"
-  eta: float = 0.1
-  min_scale: float = 0.01
-  grad_clip: float = 1.0
-  gamma: float = 0.0
-  normalize_grad: bool = False
+  iters: int = schema.default("tost.gradinit_iters")
+  lr: float = schema.default("tost.gradinit_lr")
+  alg: str = schema.default("tost.gradinit_alg")
+  eta: float = schema.default("tost.gradinit_eta")
+  min_scale: float = schema.default("tost.gradinit_min_scale")
+  grad_clip: float = schema.default("tost.gradinit_grad_clip")
+  gamma: float = schema.default("tost.gradinit_gamma")
+  normalize_grad: bool = schema.default("tost.gradinit_normalize_grad")
   b1: float = 0.9
   b2: float = 0.999
   eps: float = 1e-8

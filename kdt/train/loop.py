@@ -28,9 +28,10 @@ from kdt import checkpoint as checkpoint_lib
 from kdt import data as data_lib
 from kdt import faults
 from kdt import parallel
+from kdt import schema
 from kdt import timing
 from kdt.train import losses
-from kdt.train.optim import OptimizerSpec, ScheduleSpec
+from kdt.train import optim
 from kdt.train import steps
 from kdt.train.state import TrainState
 
@@ -127,8 +128,8 @@ class Run:
   init_state: Callable[[], TrainState]
   mask: Any
   end_step: int
-  optimizer: OptimizerSpec
-  schedule: ScheduleSpec
+  optimizer: optim.OptimizerSpec
+  schedule: optim.ScheduleSpec
   loss: losses.LossConfig = losses.LossConfig()
   teacher: dict | None = None
   teacher_logits_table: np.ndarray | None = None
@@ -183,27 +184,15 @@ class Progress:
 
 @dataclasses.dataclass(frozen=True)
 class LoopSettings:
-  """How often to log / evaluate / checkpoint (from ``config.train``)."""
-  batch_size: int
-  eval_batch_size: int = 500
-  log_every_steps: int = 100
-  eval_every_steps: int = 0
-  eval_at_start: bool = False  # evaluate before the first step too (open_lth's "epoch 0")
-  checkpoint_every_steps: int = 500
-  keep_checkpoints: int = 2
-
-  @classmethod
-  def from_config(cls, config, num_train: int) -> "LoopSettings":
-    """The cadence of ``config.train`` (``num_train``: training examples, for per-epoch
-    evaluation, ``train.eval_every_epochs``)."""
-    t = config.train
-    eval_every = t.eval_every_steps or data_lib.order.every_steps(t.eval_every_epochs, num_train,
-                                                                 t.batch_size)
-    return cls(batch_size=t.batch_size, eval_batch_size=t.eval_batch_size,
-               log_every_steps=t.log_every_steps, eval_every_steps=eval_every,
-               eval_at_start=bool(t.eval_at_start),
-               checkpoint_every_steps=t.checkpoint_every_steps,
-               keep_checkpoints=t.keep_checkpoints)
+  """How often to log / evaluate / checkpoint (from ``config.train``; ``eval_every_steps`` also
+  counts ``train.eval_every_epochs``, see :func:`kdt.experiments.setup.loop_settings`)."""
+  batch_size: int = schema.default("train.batch_size")
+  eval_batch_size: int = schema.default("train.eval_batch_size")
+  log_every_steps: int = schema.default("train.log_every_steps")
+  eval_every_steps: int = schema.default("train.eval_every_steps")
+  eval_at_start: bool = schema.default("train.eval_at_start")
+  checkpoint_every_steps: int = schema.default("train.checkpoint_every_steps")
+  keep_checkpoints: int = schema.default("train.keep_checkpoints")
 
 
 class Trainer:

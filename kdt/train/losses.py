@@ -21,13 +21,15 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from kdt import schema
+
 LABEL_SMOOTHING_CONVENTIONS = ("uniform", "off_target")
 KD_REDUCTIONS = ("batchmean", "mean")
 
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-  """Static loss settings bound into the train step with ``functools.partial``.
+  """Static loss settings bound into the train step with ``functools.partial`` (``config.loss``).
 
   Attributes:
     label_smoothing: smoothing mass alpha in [0, 1).
@@ -40,21 +42,12 @@ class LossConfig:
     kd_stop_step: schedule step from which the loss is plain CE (KD-ticket ``--eskd``); -1 = never.
   """
 
-  label_smoothing: float = 0.0
-  label_smoothing_convention: str = "uniform"
-  kd_alpha: float = 0.9
-  kd_temperature: float = 4.0
-  kd_reduction: str = "batchmean"
-  kd_stop_step: int = -1
-
-  @classmethod
-  def from_config(cls, config) -> "LossConfig":
-    """The ``config.loss`` group."""
-    l = config.loss
-    return cls(label_smoothing=float(l.label_smoothing),
-               label_smoothing_convention=l.label_smoothing_convention,
-               kd_alpha=float(l.kd_alpha), kd_temperature=float(l.kd_temperature),
-               kd_reduction=l.kd_reduction, kd_stop_step=int(l.kd_stop_step))
+  label_smoothing: float = schema.default("loss.label_smoothing")
+  label_smoothing_convention: str = schema.default("loss.label_smoothing_convention")
+  kd_alpha: float = schema.default("loss.kd_alpha")
+  kd_temperature: float = schema.default("loss.kd_temperature")
+  kd_reduction: str = schema.default("loss.kd_reduction")
+  kd_stop_step: int = schema.default("loss.kd_stop_step")
 
 
 def smoothed_targets(labels: jax.Array, num_classes: int, label_smoothing: float,

@@ -20,6 +20,8 @@ from typing import Callable, Sequence
 import jax.numpy as jnp
 import optax
 
+from kdt import schema
+
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "linear", "exponential")
 
@@ -117,18 +119,12 @@ def make_schedule(name: str, *, learning_rate: float, num_steps: int,
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
-  """Hashable optimizer settings (see :func:`make_direction`)."""
-  name: str = "sgd"
-  momentum: float = 0.9
-  nesterov: bool = False
-  weight_decay: float = 1e-4
-
-  @classmethod
-  def from_config(cls, config) -> "OptimizerSpec":
-    """The ``config.optimizer`` group's direction settings (the learning rate is the schedule's)."""
-    o = config.optimizer
-    return cls(name=o.name, momentum=float(o.momentum), nesterov=bool(o.nesterov),
-               weight_decay=float(o.weight_decay))
+  """Hashable optimizer settings (see :func:`make_direction`): the ``config.optimizer`` group's
+  direction settings (the learning rate is the schedule's); ``config_lib.spec`` fills them."""
+  name: str = schema.default("optimizer.name")
+  momentum: float = schema.default("optimizer.momentum")
+  nesterov: bool = schema.default("optimizer.nesterov")
+  weight_decay: float = schema.default("optimizer.weight_decay")
 
   def make(self):
     return make_direction(self.name, momentum=self.momentum, nesterov=self.nesterov,
@@ -137,23 +133,15 @@ class OptimizerSpec:
 
 @dataclasses.dataclass(frozen=True)
 class ScheduleSpec:
-  """Hashable learning-rate schedule settings (see :func:`make_schedule`)."""
+  """Hashable learning-rate schedule settings (see :func:`make_schedule`): the ``config.schedule``
+  group with ``optimizer.learning_rate`` over ``train.num_steps``."""
   name: str
   learning_rate: float
   num_steps: int
-  milestones: tuple[int, ...] = ()
-  gamma: float = 0.1
-  warmup_steps: int = 0
-  end_learning_rate: float = 0.0
-
-  @classmethod
-  def from_config(cls, config) -> "ScheduleSpec":
-    """The schedule of ``config.schedule`` with ``optimizer.learning_rate`` over ``train.num_steps``."""
-    s = config.schedule
-    return cls(name=s.name, learning_rate=float(config.optimizer.learning_rate),
-               num_steps=int(config.train.num_steps),
-               milestones=tuple(int(m) for m in s.milestones), gamma=float(s.gamma),
-               warmup_steps=int(s.warmup_steps), end_learning_rate=float(s.end_learning_rate))
+  milestones: tuple[int, ...] = schema.default("schedule.milestones")
+  gamma: float = schema.default("schedule.gamma")
+  warmup_steps: int = schema.default("schedule.warmup_steps")
+  end_learning_rate: float = schema.default("schedule.end_learning_rate")
 
   def make(self):
     return make_schedule(self.name, learning_rate=self.learning_rate, num_steps=self.num_steps,
