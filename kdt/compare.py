@@ -154,6 +154,17 @@ def format_summary(summary: list[dict], title: str = "", metric: str = evaluatio
 
 def plot_summary(summary: list[dict], path: str, title: str = "") -> None:
   """Mean ± std test accuracy against percent of weights remaining (log x), one line per recipe."""
+  import matplotlib.pyplot as plt
+
+  fig = summary_figure(summary, title)
+  tmp = f"{path}.tmp.{os.getpid()}.png"
+  fig.savefig(tmp, dpi=130, bbox_inches="tight")
+  os.replace(tmp, path)
+  plt.close(fig)
+
+
+def summary_figure(summary: list[dict], title: str = ""):
+  """The figure of :func:`plot_summary`; its caption (the last text) hangs below the x label."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -182,12 +193,12 @@ def plot_summary(summary: list[dict], path: str, title: str = "") -> None:
   ax.set_title(title or f"accuracy vs. weights remaining ({n} seeds)")
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=8)
-  fig.text(0.01, -0.01, f"Lines: mean over {n} seeds; error bars: ±1 standard deviation over the "
-           "seeds. Dashed lines with triangles: control recipes.", fontsize=7, ha="left", va="top")
-  tmp = f"{path}.tmp.{os.getpid()}.png"
-  fig.savefig(tmp, dpi=130, bbox_inches="tight")
-  os.replace(tmp, path)
-  plt.close(fig)
+  # The caption hangs below the x-axis label (anchored to it), so the two never overlap.
+  ax.annotate(f"Lines: mean over {n} seeds; error bars: ±1 standard deviation over the seeds. "
+              "Dashed lines with triangles: control recipes.", xy=(0.5, 0),
+              xycoords=ax.xaxis.label, xytext=(0, -6), textcoords="offset points", fontsize=7,
+              ha="center", va="top")
+  return fig
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:

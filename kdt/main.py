@@ -257,11 +257,15 @@ def main(argv):
   loop.install_stop_handlers()
   host_devices.configure_for(config)  # before JAX starts: CPU split for conv nets
   try:
-    experiments.run(config, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
-  except (config_lib.ConfigError, workdir_lib.WorkdirConfigMismatchError, DatasetUnavailableError,
-          checkpoint.CheckpointError, loop.NonFiniteLossError, experiments.InvariantError) as e:
-    print(f"kdt: error: {e}", file=sys.stderr)  # a config mismatch lists its fields, one a line
+    experiments.run(config, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value,
+                    config_file=config_flags.get_config_filename(flags.FLAGS["config"]))
+  except workdir_lib.WorkdirConfigMismatchError as e:
+    print(f"kdt: error: {e}", file=sys.stderr)  # it lists the differing fields, one a line
     sys.exit(2)
+  except (config_lib.ConfigError, workdir_lib.WorkdirConfigUnreadableError,
+          DatasetUnavailableError, checkpoint.CheckpointError, loop.NonFiniteLossError,
+          experiments.InvariantError) as e:
+    fail(e)
   except loop.PreemptedError as e:
     print(f"kdt: {e}", file=sys.stderr)
     sys.exit(e.exit_code)

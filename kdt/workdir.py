@@ -22,6 +22,10 @@ from kdt import fileio
 log = logging.getLogger(__name__)
 
 
+class WorkdirConfigUnreadableError(ValueError):
+  """``workdir/config.json`` exists but is not a config (truncated, edited, not JSON)."""
+
+
 class WorkdirConfigMismatchError(ValueError):
   """The workdir belongs to a run with a different config."""
 
@@ -45,12 +49,22 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, *,
   Raises:
     WorkdirConfigMismatchError: ``workdir/config.json`` holds a different config and
       ``allow_config_change`` is False; nothing is touched.
+    WorkdirConfigUnreadableError: ``workdir/config.json`` is not a config; nothing is touched.
   """
   path = os.path.join(workdir, "config.json")
   resolved = config_lib.to_dict(config)
   if fileio.exists(path):
     with fileio.open(path, encoding="utf-8") as f:
-      stored = json.load(f)
+      try:
+        stored = json.load(f)
+      except ValueError as e:  # also UnicodeDecodeError
+        raise WorkdirConfigUnreadableError(
+            f"{path} is not a readable config ({type(e).__name__}: {e}); nothing was touched. "
+            "Restore it (e.g. from a copy of the workdir) or use a new --workdir.") from e
+    if not isinstance(stored, dict):
+      raise WorkdirConfigUnreadableError(
+          f"{path} holds a JSON {type(stored).__name__}, not a config; nothing was touched. "
+          "Restore it (e.g. from a copy of the workdir) or use a new --workdir.")
     differences = config_lib.diff(stored, resolved, ignore=config_lib.LOCATION_FIELDS)
     if not differences:
       return

@@ -34,3 +34,6 @@ def test_notebook_executes_top_to_bottom(tmp_path, monkeypatch):
   assert images, "the accuracy-vs-weights plot was not displayed"
   assert "pruned weights that are non-zero: 0" in outputs[-1]
   assert os.path.exists(tmp_path / "workdir" / "results.json")
+  # The ticket leaves kdt: load_ticket, save_npz, and np.load reads it back.
+  assert any("is zero wherever the mask is False" in o for o in outputs)
+  assert os.path.exists(tmp_path / "workdir" / "ticket_round2_lth.npz")

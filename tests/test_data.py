@@ -478,6 +478,39 @@ def test_streaming_on_mock_imagenet(mock_tfds):
     ds.close()
 
 
+def test_streaming_reads_through_grain_and_resumes_at_any_step(mock_tfds, monkeypatch):
+    import grain
+
+    reads = []
+    real_read = data.StreamingDataset._read
+    monkeypatch.setattr(data.StreamingDataset, "_read",
+                        lambda self, ds, n: reads.append(ds) or real_read(self, ds, n))
+    ds = data.load_dataset("imagenet2012", val_size=4, num_workers=3)
+    stream = ds.train_stream(8, 1, augment_seed=5)
+    assert isinstance(stream, grain.MapDataset)
+    uninterrupted = [ds.train_batch(s, 8, 1, augment_seed=5) for s in range(4)]
+    assert len(reads) == 1 and isinstance(reads[0], grain.MapDataset)  # one read, steps 0..3
+    # Step s is items [8 s, 8 s + 8) of the stream: kdt's data order, crops keyed by (seed, s, row).
+    for s in (0, 3):
+        np.testing.assert_array_equal(np.stack([stream[8 * s + r][0] for r in range(8)]),
+                                      uninterrupted[s]["image"])
+    idx = data.train_batch_indices(len(ds.train), 8, 3, 1)
+    want = [streaming.inception_crop_flip(ds.train.get(i)[0], 224, np.random.default_rng([5, 3, r]))
+            for r, i in enumerate(idx)]
+    np.testing.assert_array_equal(np.stack(want), uninterrupted[3]["image"])
+    # A resumed run (a new process) asks for step 2 first: the same batches as without the break.
+    resumed = data.load_dataset("imagenet2012", val_size=4, num_workers=2)
+    for s in (2, 3):
+        batch = resumed.train_batch(s, 8, 1, augment_seed=5)
+        for key in ("image", "label"):
+            np.testing.assert_array_equal(batch[key], uninterrupted[s][key])
+    assert len(reads) == 2   # the resumed dataset's one read, from step 2
+    ds.train_batch(1, 8, 1, augment_seed=5)   # another step than the next: a new read there
+    assert len(reads) == 3
+    ds.close()
+    resumed.close()
+
+
 def test_tiny_imagenet_folder(tmp_path):
     root = tmp_path / "tiny-imagenet-200"
     wnids = ["n02", "n01"]  # Labels follow the sorted ids: n01 -> 0, n02 -> 1.

@@ -173,10 +173,14 @@ def test_progress_is_labelled_and_excludes_evaluation_time(tmp_path, monkeypatch
   monkeypatch.setattr(trainer, "evaluate_all", slow_evaluation)
   with caplog.at_level("INFO"):
     trainer.train(setup.dense)
-  assert [r.step for r in reports] == [5, 10, 15, 20]
+  assert [(r.step, r.finished) for r in reports] == [(5, False), (10, False), (15, False),
+                                                     (20, False), (20, True)]  # the end, reported
   after_eval = reports[2]  # steps 11..15, right after the evaluation at step 10
   assert after_eval.seconds_per_step < 0.3, reports
-  assert all(r.run == "dense" and r.end_step == 20 and 0 <= r.train_accuracy <= 1 for r in reports)
+  assert [r.steps_trained for r in reports] == [5, 5, 5, 5, 0]
+  assert all(r.run == "dense" and r.end_step == 20 and r.directory == setup.dense.directory
+             for r in reports)
+  assert all(0 <= r.train_accuracy <= 1 for r in reports[:-1])
   text = caplog.text
   assert "train loss" in text and "train acc" in text and "test acc" in text
 

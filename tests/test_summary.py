@@ -117,3 +117,17 @@ def test_compare_accepts_distinct_seeds_of_one_config(tmp_path):
   from kdt import compare
   rows = compare.main(["--workdirs", *_seed_dirs(tmp_path, [0, 1]), "--out", str(tmp_path / "o")])
   assert {r["n"] for r in rows} == {2}
+
+
+def test_compare_plot_caption_sits_below_the_x_axis_label_and_tick_labels():
+  from kdt import compare
+  summary = [{"recipe": "dense", "density": 1.0, "mean": 0.98, "std": 0.002, "n": 3}]
+  summary += [{"recipe": r, "density": 0.8 ** i, "mean": 0.97, "std": 0.003, "n": 3}
+              for r in ("lth", "random_reinit") for i in range(1, 9)]
+  fig = compare.summary_figure(summary, "3 seeds")
+  renderer = fig.canvas.get_renderer()
+  fig.draw(renderer)
+  ax = fig.axes[0]
+  caption = ax.texts[-1].get_window_extent(renderer)
+  assert caption.y1 < ax.xaxis.label.get_window_extent(renderer).y0
+  assert all(caption.y1 < t.get_window_extent(renderer).y0 for t in ax.get_xticklabels())

@@ -8,7 +8,7 @@ Two kinds of dataset share one batching API (``train_batch(step, global_batch_si
  TFDS dataset (read without TensorFlow). Augmentation runs on device in :func:`preprocess`.
 * :class:`StreamingDataset` (ImageNet, Tiny ImageNet): random access by index into a TFDS ArrayRecord
  data source (or Tiny ImageNet's image folder), decoded, resized and (``"inception_crop_flip"``)
- augmented on the host per batch.
+ augmented on the host per batch, read through grain (:meth:`StreamingDataset.train_stream`).
 
 The data order is a pure function of the step (:func:`train_batch_indices`), so the iteration state is
 the step number alone. Nothing is ever downloaded: missing or corrupt data raises

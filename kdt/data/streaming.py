@@ -4,8 +4,16 @@ The training order is the same pure function of the step as for in-memory data
 (:func:`kdt.data.train_batch_indices`), because the sources support random access: a prepared TFDS
 dataset opened with ``as_data_source`` (ArrayRecord, no TensorFlow; TFDS decodes the JPEGs with PIL, or
 OpenCV when installed) or, for Tiny ImageNet, the extracted image folder (decoded with PIL). Each process
-reads and decodes only its own rows of every global batch, on a thread pool (PIL and the ArrayRecord
-reader release the GIL).
+reads and decodes only its own rows of every global batch.
+
+Reading is grain's: :meth:`StreamingDataset.train_stream` is a ``grain.MapDataset`` whose item ``k``
+is this process's ``k``-th training example in step order — a pure function of the seeds and ``k``,
+so the batch of step ``s`` is items ``[s * local, (s + 1) * local)`` whatever ran before, and a
+resumed run reads exactly the batches an uninterrupted one would. Batches are read from
+``stream[s * local:]`` as a grain ``IterDataset`` with ``ReadOptions(num_threads=num_workers)``
+(decoding threads that prefetch the next steps; PIL and the ArrayRecord reader release the GIL); a
+call for any other step than the next one starts a new read at that step. Evaluation reads its
+batches the same way.
 
 Host-side image transforms (PIL, bilinear):
 
@@ -24,12 +32,13 @@ happened here); for ``"crop_flip"`` / ``"flip"`` it augments on device as for CI
 
 from __future__ import annotations
 
-import concurrent.futures
+import functools
 import math
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import grain
 import numpy as np
 import PIL.Image
 
@@ -39,6 +48,8 @@ from kdt.data.registry import DatasetInfo, DatasetUnavailableError
 EVAL_RESIZE = {"imagenet2012": 256, "tiny_imagenet": 64}
 INCEPTION_SCALE = (0.1, 1.0)
 INCEPTION_RATIO = (0.8, 1.25)
+MAX_STEPS = 2**40
+"""The training stream's length in steps (it is lazy: only the steps read are decoded)."""
 
 
 # ------------------------------------------------------------------------------------ sources
@@ -169,7 +180,7 @@ class StreamingDataset:
     train / val / test: :class:`StreamSplit` views (``val`` is None when ``val_size == 0``);
       ``len()`` gives their sizes.
     process_index / process_count: this process and the number sharing each global batch.
-    num_workers: decoding threads.
+    num_workers: grain's decoding threads.
   """
 
   def __init__(
@@ -196,7 +207,7 @@ class StreamingDataset:
     self.process_index = process_index
     self.process_count = process_count
     self.num_workers = num_workers or min(32, os.cpu_count() or 1)
-    self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+    self._reading: tuple[tuple, int, Iterator] | None = None  # (stream key, next step, batches)
 
   def __repr__(self) -> str:
     val = len(self.val) if self.val is not None else 0
@@ -206,10 +217,8 @@ class StreamingDataset:
     )
 
   def close(self) -> None:
-    """Stops the decoding threads (they are restarted on the next batch)."""
-    if self._pool is not None:
-      self._pool.shutdown()
-      self._pool = None
+    """Drops the training read in progress (its prefetching threads end with it)."""
+    self._reading = None
 
   def __enter__(self):
     return self
@@ -221,14 +230,49 @@ class StreamingDataset:
     """The split called ``name`` ("train", "val" or "test")."""
     return registry.named_split(self, name)
 
-  def _map(self, fn, items: Sequence[Any]) -> list[Any]:
-    if self.num_workers <= 1 or len(items) <= 1:
-      return [fn(x) for x in items]
-    if self._pool is None:
-      self._pool = concurrent.futures.ThreadPoolExecutor(
-        self.num_workers, thread_name_prefix="kdt-data"
-      )
-    return list(self._pool.map(fn, items))
+  def _read(self, dataset: grain.MapDataset, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """``dataset``'s items in order, decoded on grain's threads, stacked ``batch_size`` at a time."""
+    options = grain.ReadOptions(num_threads=self.num_workers,
+                                prefetch_buffer_size=2 * max(batch_size, 1))
+    return iter(dataset.to_iter_dataset(options).batch(batch_size, batch_fn=self._stack))
+
+  def train_stream(
+    self,
+    global_batch_size: int,
+    seed: int,
+    *,
+    augment: str | None = None,
+    augment_seed: int | None = None,
+  ) -> grain.MapDataset:
+    """This process's training examples in step order, decoded and sized (a ``grain.MapDataset``).
+
+    Item ``k`` is row ``local_rows.start + k % local`` of the global batch of step ``k // local``
+    (``local``: this process's rows per batch): ``(uint8 image, label)``, a pure function of the
+    seeds and ``k``. Arguments as in :meth:`train_batch`.
+    """
+    augment = self.info.augment if augment is None else augment
+    registry.check_augment(augment)
+    augment_seed = seed if augment_seed is None else augment_seed
+    rows = order.local_rows(global_batch_size, self.process_index, self.process_count)
+    local = rows.stop - rows.start
+    size = self.info.input_shape[0]
+    resize = EVAL_RESIZE.get(self.info.name, size)
+    num_train = len(self.train)
+
+    @functools.lru_cache(maxsize=8)
+    def indices(step: int) -> np.ndarray:
+      return order.train_batch_indices(num_train, global_batch_size, step, seed)
+
+    def load(k: int) -> tuple[np.ndarray, int]:
+      step, row = divmod(k, local)
+      row += rows.start
+      image, label = self.train.get(indices(step)[row])
+      if augment == "inception_crop_flip":
+        rng = np.random.default_rng([augment_seed, step, row])
+        return inception_crop_flip(image, size, rng), label
+      return center_crop(image, resize, size), label
+
+    return grain.MapDataset.range(MAX_STEPS * local).map(load)
 
   def train_batch(
     self,
@@ -240,6 +284,9 @@ class StreamingDataset:
     augment_seed: int | None = None,
   ) -> dict[str, np.ndarray]:
     """This process's rows of the global training batch of ``step``, decoded and sized.
+
+    Items ``[step * local, (step + 1) * local)`` of :meth:`train_stream`; consecutive steps
+    continue one grain read (prefetching), any other step starts a new one there.
 
     Args:
       step: training step (the whole iteration state).
@@ -253,22 +300,15 @@ class StreamingDataset:
     Returns:
       ``{"image": uint8 (local, H, W, C), "label": int32 (local,)}``.
     """
-    augment = self.info.augment if augment is None else augment
-    registry.check_augment(augment)
-    augment_seed = seed if augment_seed is None else augment_seed
-    rows = order.local_rows(global_batch_size, self.process_index, self.process_count)
-    idx = order.train_batch_indices(len(self.train), global_batch_size, step, seed)
-    size = self.info.input_shape[0]
-    resize = EVAL_RESIZE.get(self.info.name, size)
-
-    def load(row: int) -> tuple[np.ndarray, int]:
-      image, label = self.train.get(idx[row])
-      if augment == "inception_crop_flip":
-        rng = np.random.default_rng([augment_seed, step, row])
-        return inception_crop_flip(image, size, rng), label
-      return center_crop(image, resize, size), label
-
-    return self._stack(self._map(load, range(rows.start, rows.stop)))
+    key = (global_batch_size, seed, augment, augment_seed)
+    if self._reading is None or self._reading[:2] != (key, step):
+      stream = self.train_stream(global_batch_size, seed, augment=augment,
+                                 augment_seed=augment_seed)
+      local = global_batch_size // self.process_count
+      self._reading = (key, step, self._read(stream[step * local:], local))
+    batch = next(self._reading[2])
+    self._reading = (key, step + 1, self._reading[2])
+    return batch
 
   def eval_batches(self, split: str, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
     """This process's rows of each global evaluation batch (resize, centre crop), in order.
@@ -292,9 +332,11 @@ class StreamingDataset:
       image, label = data.get(i)
       return center_crop(image, resize, size), label
 
-    for idx, valid in order.eval_batch_indices(len(data), batch_size):
-      idx, valid = idx[rows], valid[rows]
-      batch = self._stack(self._map(load, list(zip(idx.tolist(), valid.tolist()))))
+    batches = [(idx[rows], valid[rows]) for idx, valid in
+               order.eval_batch_indices(len(data), batch_size)]
+    items = [item for idx, valid in batches for item in zip(idx.tolist(), valid.tolist())]
+    read = self._read(grain.MapDataset.source(items).map(load), rows.stop - rows.start)
+    for (_, valid), batch in zip(batches, read):
       batch["weight"] = valid.astype(np.float32)
       yield batch
 

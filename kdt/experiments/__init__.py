@@ -11,6 +11,7 @@ the same call continues where a killed run stopped and a finished run is not red
 from __future__ import annotations
 
 import importlib
+import logging
 from types import ModuleType
 
 import jax
@@ -18,6 +19,7 @@ import ml_collections
 
 from kdt import config_lib
 from kdt import parallel
+from kdt import progress as progress_lib
 from kdt import report
 from kdt import timing
 from kdt import workdir as workdir_lib
@@ -26,6 +28,8 @@ from kdt.experiments.setup import InvariantError
 from kdt.experiments.setup import Setup
 
 __all__ = ["EXPERIMENTS", "InvariantError", "Setup", "build_setup", "experiment_module", "run"]
+
+log = logging.getLogger(__name__)
 
 EXPERIMENTS: dict[str, str] = {name: f"kdt.experiments.{name}" for name in config_lib.EXPERIMENTS}
 """``config.experiment`` -> the module that runs it (imported when chosen); the names and their
@@ -38,8 +42,12 @@ def experiment_module(name: str) -> ModuleType:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False,
-        dataset=None, model=None):
+        dataset=None, model=None, config_file: str | None = None):
   """Validates ``config``, prepares ``workdir``, builds the Setup and runs ``config.experiment``.
+
+  Logs a header first (config file, workdir, devices, the plan's runs) and then, on every
+  progress line, which run of the plan is training and the whole experiment's ETA
+  (:mod:`kdt.progress`).
 
   Args:
     config: a config from ``configs/`` (possibly overridden).
@@ -48,6 +56,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, allow_config_change:
       :func:`kdt.workdir.prepare_workdir`).
     dataset: use this dataset instead of loading ``config.data`` (tests, notebooks).
     model: use this network instead of ``config.model``'s (tests, notebooks).
+    config_file: the config's file, for the header (None: a config built in code).
 
   Returns:
     The experiment's rows (also written to ``workdir/results.json``).
@@ -55,11 +64,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, allow_config_change:
   report.setup_logging()
   parallel.maybe_initialize_distributed(bool(config.parallel.distributed))
   config_lib.validate(config)
+  log.info("%s", progress_lib.header(config, workdir, config_file))
   with timing.timed("setup"):
     if dataset is None:  # a missing dataset fails here, before anything is written
       dataset = setup_lib.load_data(config)
     workdir_lib.prepare_workdir(config, workdir, allow_config_change=allow_config_change)
-    setup = build_setup(config, workdir, dataset=dataset, model=model)
+    tracker = progress_lib.ExperimentProgress(progress_lib.plan(config).runs,
+                                              int(config.train.num_steps))
+    setup = build_setup(config, workdir, dataset=dataset, model=model, progress=tracker)
   module = experiment_module(config.experiment)
   if int(config.replicates) == 1:
     return module.run(setup, config, setup.workdir)
@@ -92,8 +104,9 @@ def run_replicates(module: ModuleType, setup: Setup) -> list[dict]:
 
 
 def build_setup(config: ml_collections.ConfigDict, workdir: str, *, dataset=None,
-                model=None) -> Setup:
-  """The :class:`Setup` of a validated ``config`` with its experiment's rewind points pinned."""
+                model=None, progress=None) -> Setup:
+  """The :class:`Setup` of a validated ``config`` with its experiment's rewind points pinned
+  (``progress``: its trainers' progress callback)."""
   module = experiment_module(config.experiment)
   return Setup.build(config, workdir, pinned_steps=module.pinned_steps(config), dataset=dataset,
-                     model=model)
+                     model=model, progress=progress)

@@ -113,8 +113,8 @@ class Setup:
 
   @classmethod
   def build(cls, config: ml_collections.ConfigDict, workdir: str, *,
-            pinned_steps: Sequence[int] = (), dataset=None, model: nn.Module | None = None
-            ) -> "Setup":
+            pinned_steps: Sequence[int] = (), dataset=None, model: nn.Module | None = None,
+            progress: Callable[[loop.Progress], str | None] | None = None) -> "Setup":
     """Builds the Setup of a validated ``config`` (once per experiment).
 
     Args:
@@ -123,6 +123,7 @@ class Setup:
       pinned_steps: the dense run's rewind points besides step 0 and ``train.pinned_steps``.
       dataset: use this dataset instead of loading ``config.data`` (tests, notebooks).
       model: use this network instead of ``config.model``'s (tests, notebooks).
+      progress: every trainer's ``progress`` callback (:class:`kdt.progress.ExperimentProgress`).
     """
     workdir = fileio.absolute(workdir)
     mesh = parallel.make_mesh()
@@ -132,7 +133,8 @@ class Setup:
     if imp is not None:  # imp.mask_basis: the network parametrised by the coefficients masks prune
       model = basis_lib.wrap_model(model, imp.mask_basis, selector=imp.selector,
                                    prune_stem=imp.prune_stem, image_shape=dataset.info.input_shape)
-    make_trainer = functools.partial(_make_trainer, config, workdir, dataset, mesh)
+    make_trainer = functools.partial(_make_trainer, config, workdir, dataset, mesh,
+                                     progress=progress)
     optimizer = schema.spec(optim.OptimizerSpec, config.optimizer)
     schedule = schema.spec(optim.ScheduleSpec, config.schedule,
                            learning_rate=config.optimizer.learning_rate,
@@ -288,8 +290,10 @@ def loop_settings(config: ml_collections.ConfigDict, num_train: int) -> loop.Loo
 
 
 def _make_trainer(config: ml_collections.ConfigDict, workdir: str, dataset, mesh,
-                  model: nn.Module, teacher_model: nn.Module | None = None) -> loop.Trainer:
-  """The :class:`loop.Trainer` for ``model`` (``teacher_model``: the KD teacher's module, if other)."""
+                  model: nn.Module, teacher_model: nn.Module | None = None, *,
+                  progress: Callable[[loop.Progress], str | None] | None = None) -> loop.Trainer:
+  """The :class:`loop.Trainer` for ``model`` (``teacher_model``: the KD teacher's module, if other;
+  ``progress``: its progress callback)."""
   tb_root = os.path.join(workdir, "tensorboard")
   just_logging = jax.process_index() > 0
   return loop.Trainer(
@@ -298,4 +302,5 @@ def _make_trainer(config: ml_collections.ConfigDict, workdir: str, dataset, mesh
       writer_factory=lambda name, purge_step=None: report.create_writer(
           os.path.join(tb_root, name), just_logging=just_logging, purge_step=purge_step,
           hparams=dict(config_lib.to_dict(config), run=name)),
-      ghost_batch_norm=bool(config.parallel.ghost_batch_norm), teacher_model=teacher_model)
+      ghost_batch_norm=bool(config.parallel.ghost_batch_norm), teacher_model=teacher_model,
+      progress=progress)

@@ -329,6 +329,13 @@ def _train_together(trainer: loop.Trainer, runs: list[loop.Run], ckpts: list, st
   for writer in writers:
     if writer:
       writer.flush()
+  trained = max(step - first_step, 1)
+  seconds = (time.time() - started) / trained / count
+  for run, meta in zip(runs, metas):  # each run's line, as the single-run loop writes it
+    note = trainer.report_progress(loop.Progress(
+        run.name, run.directory, step, meta["start_step"], run.end_step, step - first_step,
+        seconds, float("nan"), float("nan"), finished=True))
+    log.info("[%s] finished: %s%s", run.name, loop.format_eval(meta["history"][-1]), note)
   return [loop.RunResult(state, meta) for state, meta in zip(per_run_states(), metas)]
 
 

@@ -160,28 +160,35 @@ class RunResult:
 
 @dataclasses.dataclass(frozen=True)
 class Progress:
-  """What :class:`Trainer` reports to its ``progress`` callback at every log step.
+  """What :class:`Trainer` reports to its ``progress`` callback.
 
-  An experiment driver that knows its whole plan (run i of N) turns these into an
-  experiment-wide progress line and ETA; the loop itself only knows the current run.
+  It is called at every log step, when a run finishes, and when a finished run is loaded
+  instead of trained. Whoever knows the whole plan (run i of N, :mod:`kdt.progress`) turns these
+  into an experiment-wide progress line and ETA; the loop itself only knows the current run.
 
   Attributes:
     run: the run's name.
+    directory: the run's checkpoint directory.
     step: the step just reached.
     start_step: the step this run started from (its schedule position, not 0 for rewinding).
     end_step: the step it trains to.
+    steps_trained: steps trained since the last report (0 for a finished or loaded run).
     seconds_per_step: training wall time per step in the last window (evaluation and checkpoint
-      writes left out).
-    train_loss: mean training loss over the window.
-    train_accuracy: mean training-batch accuracy over the window.
+      writes left out); 0.0 when no step was trained in it.
+    train_loss: mean training loss over the window (nan when no step was trained in it).
+    train_accuracy: mean training-batch accuracy over the window (nan likewise).
+    finished: the run has reached ``end_step`` (trained now, or loaded finished).
   """
   run: str
+  directory: str
   step: int
   start_step: int
   end_step: int
+  steps_trained: int
   seconds_per_step: float
   train_loss: float
   train_accuracy: float
+  finished: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,8 +219,9 @@ class Trainer:
       (:class:`kdt.parallel.GhostBatchNorm`).
     teacher_model: the KD teacher's module when it differs from ``model`` (sparse re-training
       with an architecture tweak distils the unmodified dense network); None = ``model``.
-    progress: called with a :class:`Progress` at every log step (None = nothing); drivers use it
-      for an experiment-wide progress line.
+    progress: called with a :class:`Progress` at every log step, at the end of a run and when a
+      finished run is loaded (None = nothing); a string it returns is added to the loop's log
+      line (:class:`kdt.progress.ExperimentProgress`: run i of N, the experiment's ETA).
   """
 
   def __init__(self, model: nn.Module, dataset, mesh, settings: LoopSettings, *,
@@ -486,8 +494,11 @@ class Trainer:
     if restored is not None:
       latest, state, meta = restored
       if meta.get("finished"):
-        log.info("[%s] already finished at step %d (%s); not retraining.", run.name, latest,
-                 _format_eval(meta["history"][-1]))
+        nan = float("nan")
+        note = self.report_progress(Progress(run.name, run.directory, latest, meta["start_step"],
+                                     run.end_step, 0, 0.0, nan, nan, finished=True))
+        log.info("[%s] already finished at step %d (%s); not retraining.%s", run.name, latest,
+                 format_eval(meta["history"][-1]), note)
         return state, meta, True
       log.info("resuming %s from step %d of %d.", run.name, latest, run.end_step)
       return state, meta, False
@@ -538,16 +549,15 @@ class Trainer:
       images_per_s = window_steps * s.batch_size / elapsed
       remaining = run.end_step - (last_step + 1)
       eta = remaining * elapsed / max(window_steps, 1)
-      log.info("[%s] step %d/%d  train loss %.4f  train acc %.3f  lr %.4g  %.0f img/s  ETA %s",
+      note = self.report_progress(Progress(run.name, run.directory, last_step + 1, meta["start_step"],
+                                   run.end_step, window_steps, elapsed / max(window_steps, 1),
+                                   mean["loss"], mean["accuracy"]))
+      log.info("[%s] step %d/%d  train loss %.4f  train acc %.3f  lr %.4g  %.0f img/s  ETA %s%s",
                run.name, last_step + 1, run.end_step, mean["loss"], mean["accuracy"],
-               mean["learning_rate"], images_per_s, _format_seconds(eta))
+               mean["learning_rate"], images_per_s, _format_seconds(eta), note)
       if writer:
         writer.write_scalars(last_step + 1, {f"train/{k}": v for k, v in mean.items()} |
                              {"train/images_per_second": images_per_s})
-      if self.progress is not None:
-        self.progress(Progress(run=run.name, step=last_step + 1, start_step=meta["start_step"],
-                               end_step=run.end_step, seconds_per_step=elapsed / max(window_steps, 1),
-                               train_loss=mean["loss"], train_accuracy=mean["accuracy"]))
       pending.clear()
       window_start, window_steps, window_excluded = time.time(), 0, 0.0
 
@@ -603,11 +613,19 @@ class Trainer:
     save(step, finished=True)
     if writer:
       writer.flush()
-    log.info("[%s] finished: %s", run.name, _format_eval(meta["history"][-1]))
+    nan = float("nan")
+    note = self.report_progress(Progress(run.name, run.directory, step, meta["start_step"], run.end_step,
+                                 0, 0.0, nan, nan, finished=True))
+    log.info("[%s] finished: %s%s", run.name, format_eval(meta["history"][-1]), note)
     return RunResult(state, meta)
 
+  def report_progress(self, progress: Progress) -> str:
+    """``progress`` handed to the ``progress`` callback; what it returns, as a log-line suffix."""
+    note = self.progress(progress) if self.progress is not None else None
+    return f"  |  {note}" if note else ""
+
   def cached_teacher_logits(self, step: int, run: Run) -> jax.Array:
-    """The cached teacher logits of exactly the rows :meth:`_train_batch` returns."""
+    """The cached teacher logits of exactly the rows :meth:`train_batch` returns."""
     indices = data_lib.train_batch_indices(len(self.dataset.train), self.settings.batch_size, step,
                                            run.data_seed)
     local = self.settings.batch_size // jax.process_count()
@@ -638,7 +656,7 @@ class Trainer:
     at = state.step if getattr(self.model, "conditioned_on_step", False) else None
     result = {"step": step, **self.evaluate_all(state.params, state.batch_stats, mask, at)}
     meta["history"].append(result)
-    log.info("[%s] eval at step %d: %s", run.name, step, _format_eval(result))
+    log.info("[%s] eval at step %d: %s", run.name, step, format_eval(result))
     if writer:
       writer.write_scalars(step, {f"eval/{k}": v for k, v in result.items() if k != "step"})
 
@@ -650,7 +668,7 @@ def _place(tree: Any, sharding) -> Any:
   return jax.device_put(jax.tree.map(host, tree), sharding)
 
 
-def _format_eval(result: dict) -> str:
+def format_eval(result: dict) -> str:
   """``test acc 0.9806  val acc 0.9750``: held-out accuracies, named by split."""
   return "  ".join(f"{k.removesuffix('_accuracy')} acc {v:.4f}" for k, v in result.items()
                    if k.endswith("accuracy"))
