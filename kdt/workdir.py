@@ -65,7 +65,11 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, *,
       raise WorkdirConfigUnreadableError(
           f"{path} holds a JSON {type(stored).__name__}, not a config; nothing was touched. "
           "Restore it (e.g. from a copy of the workdir) or use a new --workdir.")
-    differences = config_lib.diff(stored, resolved, ignore=config_lib.LOCATION_FIELDS)
+    # A field a newer kdt added is absent from an older workdir's config: it ran with the field's
+    # default, so only a non-default value is a difference.
+    defaults = config_lib.to_dict(config_lib.base_config(resolved["experiment"]))
+    differences = config_lib.diff(_with_defaults(stored, defaults), resolved,
+                                  ignore=config_lib.LOCATION_FIELDS)
     if not differences:
       return
     if not allow_config_change:
@@ -90,6 +94,17 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, *,
   fileio.makedirs(workdir)
   if _process_index() == 0:
     fileio.write_json(path, resolved)
+
+
+def _with_defaults(stored: dict, defaults: dict) -> dict:
+  """``stored`` with every field it lacks taken from ``defaults`` (recursively)."""
+  out = dict(stored)
+  for key, value in defaults.items():
+    if key not in out:
+      out[key] = value
+    elif isinstance(value, dict) and isinstance(out[key], dict):
+      out[key] = _with_defaults(out[key], value)
+  return out
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

@@ -167,6 +167,26 @@ def test_failed_start_writes_nothing_and_location_is_not_config(tmp_path):
   assert json.loads(stored)["data"]["dir"] == ""
 
 
+def test_an_older_workdir_without_a_new_field_resumes_unless_the_field_is_set(tmp_path):
+  """A field added by a newer kdt is absent from an older workdir's config.json: the run used its
+  default, so resuming with the default is the same config, and another value is a difference."""
+  from kdt import config_lib
+  from kdt import workdir as workdir_lib
+  workdir = str(tmp_path / "old")
+  config = config_lib.base_config("imp")
+  workdir_lib.prepare_workdir(config, workdir)
+  path = os.path.join(workdir, "config.json")
+  with open(path) as f:
+    stored = json.load(f)
+  del stored["replicates"], stored["train"]["report_metric"], stored["tickets"]
+  with open(path, "w") as f:
+    json.dump(stored, f)
+  workdir_lib.prepare_workdir(config, workdir)          # the defaults: accepted
+  config.replicates = 3
+  with pytest.raises(workdir_lib.WorkdirConfigMismatchError, match="replicates"):
+    workdir_lib.prepare_workdir(config, workdir)
+
+
 def _config_file(tmp_path, name, text):
   path = tmp_path / name
   path.write_text(text)
