@@ -222,8 +222,9 @@ class IMPRounds:
         params, batch_stats = result.state.params, result.state.batch_stats
         if self.tweaks.applies_to(recipe.name):  # drop ghost leaves: later rounds prune the rest
           params, batch_stats = self.tweaks.lower_variables(params, batch_stats)
-        current[recipe.name] = (Weights(params, batch_stats), job.run.mask)
-        rows.append(self._row(round_index, recipe.name, result, job.run.mask,
+        mask = masks[recipe.name]  # the network's own mask (a tweaked run's has ghost leaves)
+        current[recipe.name] = (Weights(params, batch_stats), mask)
+        rows.append(self._row(round_index, recipe.name, result, mask,
                               self.densities[round_index - 1]))
       self._write_results(rows)
       previous = current
