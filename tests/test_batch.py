@@ -146,6 +146,31 @@ def test_resume_after_a_crash_mid_batch(tmp_path, reference):
   _assert_matches(resumed, runs, reference, 1e-6)
 
 
+class _StopAt(_CrashAt):
+  """A dataset that requests a stop (as SIGTERM / Ctrl-C do) when asked for step ``step``."""
+
+  def train_batch(self, step, *args, **kwargs):
+    if step == self._step:
+      loop._STOP_REQUESTED.set()  # pylint: disable=protected-access
+    return self._dataset.train_batch(step, *args, **kwargs)
+
+
+def test_ctrl_c_mid_batch_checkpoints_every_run_and_resumes(tmp_path, reference):
+  dataset = data_lib.load_dataset("digits")
+  trainer, make_runs = _setup(_StopAt(dataset, 6))
+  try:
+    with pytest.raises(loop.PreemptedError, match="step 7") as stopped:
+      batch.train_runs(trainer, make_runs(tmp_path), strategy="vmap")
+  finally:
+    loop._STOP_REQUESTED.clear()  # pylint: disable=protected-access
+  assert stopped.value.exit_code in (130, 143)
+  for k in range(3):  # every run saved the step it reached, in its own directory
+    assert "7" in os.listdir(tmp_path / f"ticket_{k}")
+  trainer, make_runs = _setup(dataset)
+  runs = make_runs(tmp_path)
+  _assert_matches(batch.train_runs(trainer, runs, strategy="vmap"), runs, reference, 1e-6)
+
+
 def test_runs_at_different_steps_train_in_separate_groups(tmp_path, reference, caplog):
   """A kill between two runs' checkpoint writes leaves them at different steps: each group
   still ends where one-by-one training ends."""
