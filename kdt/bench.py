@@ -21,10 +21,12 @@ Sections (``--sections``, all by default):
 ``loop``      the whole training loop with its input pipeline (kdt's :class:`kdt.train.loop.Trainer`
               pieces: batch gather, device transfer, on-device augmentation, step; metrics fetched
               as at a log step) against a PyTorch ``DataLoader`` loop doing the same augmentation.
-``tickets``   K tickets at once (K = 2, 4), the strategies of :mod:`kdt.tickets.batch`: ``vmap``,
-              ``shard_map`` over host devices and ``sequential`` (the single-ticket step called K
-              times; ``lax_map`` on request); plus the strategy
-              :func:`kdt.tickets.batch.choose_strategy` picks on this backend.
+``tickets``   K tickets at once (K = 1, 2, 4, 8, 16) for LeNet-300-100 and ResNet-20, the
+              strategies of :mod:`kdt.tickets.batch` (``vmap``, ``shard_map`` over host devices,
+              ``sequential``; ``lax_map`` on request): ticket-images/s relative to K = 1 and to
+              sequential, XLA's memory plan of each program, the strategy ``auto`` picks; then
+              the quickstart with ``replicates=3`` against three single-replicate commands.
+              ``--device`` runs this section alone on a GPU/TPU.
 ``pipeline``  the quickstart IMP (``configs/quickstart.py``): wall time, split into train steps,
               compilation, data, evaluation, pruning, checkpoints and results/plots as the loop
               and the experiments record it themselves (:mod:`kdt.timing`).
