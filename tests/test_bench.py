@@ -115,8 +115,9 @@ def test_tiny_run_writes_every_section(tmp_path):
 
 
 def test_quickstart_replicates_times_one_command_against_separate_ones():
-  tiny = ("--config.train.num_steps=20", "--config.imp.num_rounds=1", "--config.imp.recipes=('lth',)",
-          "--config.schedule.milestones=()", "--config.train.eval_every_steps=10")
+  tiny = ("--config.train.num_steps=20", "--config.imp.num_rounds=1", "--config.imp.rewind_step=0",
+          "--config.imp.recipes=('lth',)", "--config.schedule.milestones=()",
+          "--config.train.eval_every_steps=10")
   got = bench.quickstart_replicates(2, lambda message: None, overrides=tiny)
   assert got["together_wall_s"] > 0 and got["apart_wall_s"] > 0 and got["apart_cpu_s"] > 0
   assert got["wall_ratio"] == pytest.approx(got["together_wall_s"] / got["apart_wall_s"])

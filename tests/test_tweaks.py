@@ -595,7 +595,7 @@ def test_adapt_run_searches_gradinit_at_the_runs_start_step(tmp_path, monkeypatc
   run = _plain_run(str(tmp_path / "round" / "train"), mask)
   adapt = lambda start: lifter.adapt_run(  # noqa: E731
       run, params=variables["params"], batch_stats={}, mask=mask, start=start,
-      direction=loop.OptimizerSpec().make(), dataset=setup_lib.load_data(config))
+      direction=optim.OptimizerSpec().make(), dataset=setup_lib.load_data(config))
   adapt(7)
   assert seen == [(7, "masked")]
   adapt(7)  # the saved scales are loaded
