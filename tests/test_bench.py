@@ -10,6 +10,7 @@ are skipped without it.
 import functools
 import json
 import math
+import os
 import time
 
 import jax
@@ -114,6 +115,8 @@ def test_tiny_run_writes_every_section(tmp_path):
   assert "K tickets at once: lenet_300_100" in table
 
 
+@pytest.mark.skipif(not os.environ.get("KDT_SLOW_TESTS"),
+                    reason="three kdt.main processes (~1 min on 2 cores); set KDT_SLOW_TESTS=1")
 def test_quickstart_replicates_times_one_command_against_separate_ones():
   tiny = ("--config.train.num_steps=20", "--config.imp.num_rounds=1", "--config.imp.rewind_step=0",
           "--config.imp.recipes=('lth',)", "--config.schedule.milestones=()",
