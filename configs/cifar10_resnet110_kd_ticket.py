@@ -12,7 +12,7 @@ frozen dense teacher (`kd`, the KD ticket): T = 5, alpha = 0.9, KL reduction 'me
 batch x classes (PyTorch's default `nn.KLDivLoss()`, an extra 1/C), teacher in eval mode.
 Training recipe (`cifar_baseline.py`): first 5,000 training images = validation set, 45,000 train;
 batch 128, SGD momentum 0.9, lr 0.1, x0.1 at epochs 90 and 135, weight decay 2e-4, 182 epochs
-(63,882 steps of 351); crop (pad 4) + flip. The model is the code's depth quirk: 18 bottleneck
+(64,064 steps of 352, the last partial batch kept); crop (pad 4) + flip. The model is the code's depth quirk: 18 bottleneck
 blocks per stage, 164 layers (not the basic-block ResNet-110).
 Note: the released scripts label one level "95 %" but prune 94.50 % (k = 13); the densities here
 are the exact 0.8^k.

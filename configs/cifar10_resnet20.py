@@ -5,7 +5,7 @@ Command:
       [--config.data.dir=/path/with/cifar-10-python.tar.gz]
 
 Recipe: batch 128, SGD momentum 0.9, lr 0.1, x0.1 at epochs 80 and 120, weight decay 1e-4,
-160 epochs (62,400 steps of 390); random crop (pad 4) + flip. 1x1-conv shortcuts (open_lth).
+160 epochs (62,560 steps of 391, the last partial batch kept); random crop (pad 4) + flip. 1x1-conv shortcuts (open_lth).
 Hardware: one accelerator (~30 min on a V100-class GPU; many hours on a 2-core CPU).
 Expected: ~91.7 % test accuracy (LMC Table 1, ResNet-20 standard).
 """

@@ -5,7 +5,7 @@ Command:
       --workdir /tmp/kdt_cifar10_resnet20_rewind [--config.data.dir=/path/with/cifar-10-python.tar.gz]
 
 Recipe (open_lth `cifar_resnet_20`, docs/methods.md §3.4a): batch 128, SGD momentum 0.9, lr 0.1, x0.1 at
-epochs 80 and 120, weight decay 1e-4, 160 epochs (62,400 steps); crop + flip; IMP removes 20 % of
+epochs 80 and 120, weight decay 1e-4, 160 epochs (62,560 steps of 391); crop + flip; IMP removes 20 % of
 the remaining weights per round, globally over all conv and dense kernels (1x1 shortcuts and the
 head included). Rewind to iteration 500 (Stabilizing the LTH: ResNet-20-style net on CIFAR-10).
 Recipes: `rewind`, `lth` (k = 0) and the `random_reinit` control of the rewound ticket.

@@ -6,7 +6,7 @@ Command:
       [--config.data.dir=/path/with/cifar-10-python.tar.gz]
 
 Recipe: the open_lth `cifar_resnet_20` run (docs/methods.md §3.4a): batch 128, SGD momentum 0.9, lr 0.1,
-x0.1 at epochs 80 and 120, weight decay 1e-4, 160 epochs = 62,400 steps of 390; crop + flip.
+x0.1 at epochs 80 and 120, weight decay 1e-4, 160 epochs = 62,560 steps of 391 (the last partial batch kept, as open_lth); crop + flip.
 Subnetworks: IMP with rewinding to each k (LMC Algorithm 2), global magnitude, all conv and dense
 kernels (incl. 1x1 shortcuts), 20 % per round for 8 rounds = 16.8 % of the weights (the LMC
 Table 1 density for ResNet-20). For every k in (0, 100, 250, 500, 1000, 2000, 5000) two copies each
@@ -40,8 +40,9 @@ def get_config():
   config.model.name = "resnet20"
   config.model.init_scheme = "open_lth"  # kaiming_normal fan-in, PyTorch biases, BN gamma ~ U(0, 1)
   config.data.name = "cifar10"
+  config.data.last_batch = "keep"  # open_lth datasets/base.py: iterations_per_epoch = ceil(n / batch)
   config.train.batch_size = 128
-  config.train.num_steps = config_lib.epochs_to_steps(160, CIFAR_TRAIN, 128)
+  config.train.num_steps = config_lib.epochs_to_steps(160, CIFAR_TRAIN, 128, "keep")
   config.train.eval_batch_size = 1000
   config.train.eval_every_steps = 0
   config.train.log_every_steps = 200
@@ -50,7 +51,7 @@ def get_config():
   config.optimizer.momentum = 0.9
   config.optimizer.weight_decay = 1e-4
   config.schedule.name = "step"
-  config.schedule.milestones = tuple(config_lib.epochs_to_steps(e, CIFAR_TRAIN, 128) for e in (80, 120))
+  config.schedule.milestones = tuple(config_lib.epochs_to_steps(e, CIFAR_TRAIN, 128, "keep") for e in (80, 120))
   config.imp.num_rounds = 8
   config.imp.pruning_rate = 0.2
   config.imp.count_convention = "open_lth"  # open_lth sparse_global: counts + 1, head counted

@@ -6,7 +6,7 @@ Command:
 
 Setting of Tanaka et al. 2020 ("Pruning neural networks without any data by iteratively conserving
 synaptic flow") for ResNet-20: SGD momentum 0.9, batch 128, lr 0.01, x0.2 at epochs 60 and 120,
-weight decay 5e-4, 160 post-pruning epochs (62,400 steps of 390), crop (pad 4) + flip. Source read:
+weight decay 5e-4, 160 post-pruning epochs (62,560 steps of 391: its PyTorch loader keeps the last partial batch), crop (pad 4) + flip. Source read:
 a run script built on ganguli-lab/Synaptic-Flow's `main.py` (`--model-class lottery --model
 resnet20 --lr 0.01 --lr-drops 60 120 --lr-drop-rate 0.2 --weight-decay 0.0005 --post-epochs 160`);
 `main.py`'s own defaults differ (lr 0.1, x0.1, wd 1e-4), so check against the paper's appendix.
@@ -35,7 +35,7 @@ def get_config():
   config.model.name = "resnet20"
   config.data.name = "cifar10"
   config_lib.open_lth_cifar_recipe(config)
-  steps = lambda epochs: config_lib.epochs_to_steps(epochs, config_lib.CIFAR_TRAIN, 128)  # noqa: E731
+  steps = lambda epochs: config_lib.epochs_to_steps(epochs, config_lib.CIFAR_TRAIN, 128, "keep")  # noqa: E731
   config.optimizer.learning_rate = 0.01
   config.optimizer.weight_decay = 5e-4
   config.schedule.milestones = (steps(60), steps(120))

@@ -5,7 +5,7 @@ Command:
       [--config.data.dir=/path/with/cifar-10-python.tar.gz]
 
 Recipe: batch 128, SGD momentum 0.9, lr 0.1, x0.1 at epochs 80 and 120, weight decay 1e-4,
-160 epochs (62,400 steps of 390); random crop (pad 4) + flip.
+160 epochs (62,560 steps of 391, the last partial batch kept); random crop (pad 4) + flip.
 Hardware: one accelerator (~1 h on a V100-class GPU; many hours on a 2-core CPU).
 Expected: ~93.7 % test accuracy (LMC Table 1, VGG-16 standard).
 """

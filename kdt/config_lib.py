@@ -103,9 +103,20 @@ def replicate_name(replicate: int) -> str:
   return f"replicate_{replicate:02d}"
 
 
-def epochs_to_steps(epochs: float, num_examples: int, batch_size: int) -> int:
-  """Optimizer steps in ``epochs`` epochs (drop-remainder batching, as the data pipeline does)."""
-  return int(round(epochs * (num_examples // batch_size)))
+def epochs_to_steps(epochs: float, num_examples: int, batch_size: int,
+                    last_batch: str = "drop") -> int:
+  """Optimizer steps in ``epochs`` epochs of ``config.data.last_batch`` batching.
+
+  ``"drop"``: ``num_examples // batch_size`` steps per epoch; ``"keep"`` (open_lth, KD-ticket:
+  PyTorch's ``drop_last=False``): one more when the split does not divide, so open_lth's 40 MNIST
+  epochs at batch 128 are 40 x 469 = 18,760 steps (:func:`kdt.data.order.steps_per_epoch`).
+
+  Examples:
+    >>> epochs_to_steps(40, 60_000, 128), epochs_to_steps(40, 60_000, 128, "keep")
+    (18720, 18760)
+  """
+  full, rest = divmod(int(num_examples), int(batch_size))
+  return int(round(epochs * (full + int(last_batch == "keep" and rest > 0))))
 
 
 CIFAR_TRAIN = 50_000
@@ -115,9 +126,11 @@ def open_lth_cifar_recipe(config: ml_collections.ConfigDict) -> ml_collections.C
   """open_lth's CIFAR-10 training (docs/methods.md §3.4a), in place; returns ``config``.
 
   Batch 128, SGD momentum 0.9, lr 0.1, x0.1 at epochs 80 and 120, weight decay 1e-4, 160 epochs
-  (62,400 steps of 390) on all 50,000 training images; crop (pad 4) + flip.
+  (62,560 steps of 391: open_lth's loader keeps the last partial batch, ``data.last_batch="keep"``)
+  on all 50,000 training images; crop (pad 4) + flip.
   """
-  steps = lambda epochs: epochs_to_steps(epochs, CIFAR_TRAIN, 128)  # noqa: E731
+  steps = lambda epochs: epochs_to_steps(epochs, CIFAR_TRAIN, 128, "keep")  # noqa: E731
+  config.data.last_batch = "keep"
   config.data.val_size = 0
   config.train.batch_size = 128
   config.train.num_steps = steps(160)
@@ -138,12 +151,13 @@ def kd_ticket_cifar_recipe(config: ml_collections.ConfigDict) -> ml_collections.
   """The KD-ticket / ToST CIFAR training (docs/methods.md §1.6, §2.3), in place; returns ``config``.
 
   The first 5,000 training images are the validation set, 45,000 train; batch 128, SGD momentum
-  0.9, lr 0.1, x0.1 at epochs 90 and 135, weight decay 2e-4, 182 epochs (63,882 steps of 351);
-  crop (pad 4) + flip; evaluation every epoch (best-validation test accuracy is reported). KD:
+  0.9, lr 0.1, x0.1 at epochs 90 and 135, weight decay 2e-4, 182 epochs (64,064 steps of 352: the
+  reference loader keeps the last partial batch, ``data.last_batch="keep"``); crop (pad 4) + flip; evaluation every epoch (best-validation test accuracy is reported). KD:
   T = 5, alpha = 0.9, KL reduction 'mean' over batch x classes (PyTorch's default).
   """
   val_size = 5_000
-  steps = lambda epochs: epochs_to_steps(epochs, CIFAR_TRAIN - val_size, 128)  # noqa: E731
+  steps = lambda epochs: epochs_to_steps(epochs, CIFAR_TRAIN - val_size, 128, "keep")  # noqa: E731
+  config.data.last_batch = "keep"
   config.data.val_size = val_size
   config.train.batch_size = 128
   config.train.num_steps = steps(182)
@@ -344,6 +358,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
   _choice(cfg, "model.init_scheme", models_lib.INIT_SCHEMES)
   _choice(cfg, "data.name", data_lib.dataset_names())
   _choice(cfg, "data.augment", AUGMENTATIONS)
+  _choice(cfg, "data.last_batch", data_lib.order.LAST_BATCH)
   info = data_lib.dataset_info(cfg["data"]["name"])
   if cfg["data"]["augment"] == "inception_crop_flip" and not info.streaming:
     raise ConfigError("data.augment", "inception_crop_flip",

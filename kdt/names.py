@@ -50,6 +50,8 @@ SCORES: tuple[str, ...] = ("magnitude", "random", "snip", "grasp", "synflow", "t
 ALLOCATIONS: tuple[str, ...] = ("global", "layerwise", "uniform", "erk")
 """:data:`kdt.pruning.ALLOCATIONS`."""
 KD_REDUCTIONS: tuple[str, ...] = ("batchmean", "mean")
+LAST_BATCH: tuple[str, ...] = ("drop", "keep")
+""":data:`kdt.data.order.LAST_BATCH`."""
 LABEL_SMOOTHING_CONVENTIONS: tuple[str, ...] = ("uniform", "off_target")
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -59,6 +61,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.compute_dtype": tuple(config_lib.DTYPES),
     "data.name": DATASETS,
     "data.augment": tuple(config_lib.AUGMENTATIONS),
+    "data.last_batch": LAST_BATCH,
     "optimizer.name": OPTIMIZERS,
     "schedule.name": SCHEDULES,
     "loss.label_smoothing_convention": LABEL_SMOOTHING_CONVENTIONS,

@@ -65,6 +65,8 @@ COMMON_GROUPS: dict[str, dict[str, Field]] = {
         "augment": Field("default", "training augmentation; \"default\" = the dataset's own"),
         "mean": Field((), "per-channel input-normalisation means; () = the dataset's own"),
         "std": Field((), "per-channel standard deviations; () = the dataset's own"),
+        "last_batch": Field("drop", 'an epoch\'s last incomplete batch: "drop" (468 steps per '
+                            '60k-image epoch at 128) or "keep" (469; open_lth, KD-ticket)'),
     },
     "train": {
         "batch_size": Field(128, "global training batch (split over the devices)"),

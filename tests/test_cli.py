@@ -135,6 +135,7 @@ def test_light_names_match_the_registries():
   assert names.SCHEDULES == tuple(optim.SCHEDULES)
   assert names.SELECTORS == tuple(selectors.PRESETS)
   assert names.KD_REDUCTIONS == tuple(losses.KD_REDUCTIONS)
+  assert names.LAST_BATCH == data.order.LAST_BATCH
   assert names.LABEL_SMOOTHING_CONVENTIONS == tuple(losses.LABEL_SMOOTHING_CONVENTIONS)
   assert names.EXPERIMENTS == tuple(config_lib.EXPERIMENTS)
   from kdt.tickets import batch

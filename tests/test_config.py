@@ -123,6 +123,7 @@ BAD += [
     ("three means for grey digits", lambda c: c.data.__setitem__("mean", (0.1, 0.2, 0.3)), "data.mean"),
     ("zero std", lambda c: c.data.__setitem__("std", (0.0,)), "data.std"),
     ("std not a number", lambda c: c.data.__setitem__("std", ("wide",)), "data.std"),
+    ("unknown last batch", lambda c: c.data.__setitem__("last_batch", "pad"), "data.last_batch"),
 ]
 
 @pytest.mark.parametrize("name,mutate,field", BAD, ids=[b[0] for b in BAD])
@@ -175,6 +176,22 @@ OPEN_LTH_CONFIGS = ("mnist_lenet_300_100.py", "cifar10_resnet20.py", "cifar10_re
 def test_open_lth_configs_use_open_lth_init(name):
   assert load(os.path.join(REPO, "configs", name)).model.init_scheme == "open_lth"
   assert _quickstart().model.init_scheme == "kdt"
+
+
+PYTORCH_EPOCH_CONFIGS = {  # config: (steps of its schedule, steps per epoch with the partial batch)
+    "mnist_lenet_300_100.py": (18_760, 469), "fashion_mnist_lenet_300_100_open_lth.py": (18_760, 469),
+    "cifar10_resnet20.py": (62_560, 391), "cifar10_vgg16_lmc.py": (62_560, 391),
+    "cifar10_resnet110_kd_ticket.py": (64_064, 352), "imagenet_resnet50.py": (112_680, 1252)}
+
+
+@pytest.mark.parametrize("name", sorted(PYTORCH_EPOCH_CONFIGS))
+def test_peer_configs_keep_the_last_partial_batch(name):
+  """open_lth and KD-ticket iterate ceil(n / batch) steps per epoch (PyTorch's drop_last=False):
+  "40 epochs" of MNIST are 18,760 steps, not 18,720."""
+  config = load(os.path.join(REPO, "configs", name))
+  assert config.data.last_batch == "keep"
+  assert config.train.num_steps == PYTORCH_EPOCH_CONFIGS[name][0]
+  assert _quickstart().data.last_batch == "drop"  # quickstart results stay bit-identical
 
 
 OPEN_LTH_IMP_CONFIGS = ("mnist_lenet_300_100_lth.py", "cifar10_resnet20_imp_rewind.py",

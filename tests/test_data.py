@@ -177,6 +177,28 @@ def test_train_batch_indices_permutation_per_epoch():
     assert len(np.unique(epoch)) == 100
 
 
+def test_kept_last_batch_is_pytorchs_epoch(digits):
+    """``last_batch="keep"``: open_lth's / KD-ticket's epoch length (PyTorch ``drop_last=False``);
+    the partial batch's rows are the permutation's tail, padded with weight 0."""
+    assert [order.steps_per_epoch(n, 128, "keep") for n in (60_000, 50_000, 45_000)] == [469, 391, 352]
+    assert order.steps_per_epoch(60_000, 128) == 468 and order.steps_per_epoch(1280, 128, "keep") == 10
+    n, b = 103, 10                                       # 11 steps per epoch, the last has 3 images
+    epoch = [data.train_batch_indices(n, b, s, seed=4, last_batch="keep") for s in range(11, 22)]
+    weights = [order.train_batch_weights(n, b, s, "keep") for s in range(11, 22)]
+    real = np.concatenate([i[w > 0] for i, w in zip(epoch, weights)])
+    np.testing.assert_array_equal(np.sort(real), np.arange(n))    # every example once per epoch
+    assert weights[-1].tolist() == [1.0] * 3 + [0.0] * 7 and all(w.all() for w in weights[:-1])
+    np.testing.assert_array_equal(epoch[-1][3:], np.resize(epoch[-1][:3], 7))  # padded cyclically
+    assert order.every_steps(1, 60_000, 128, "keep") == 469
+    kept = data.load_dataset("digits", last_batch="keep")            # 1437 digits: 23 steps of 64
+    last = kept.train_batch(22, 64, seed=0)
+    assert last["weight"].sum() == 1437 - 22 * 64 and "weight" not in digits.train_batch(22, 64, 0)
+    np.testing.assert_array_equal(last["label"][:29], kept.train.labels[
+        data.train_batch_indices(1437, 64, 22, 0, "keep")[:29]])
+    with pytest.raises(ValueError, match="last_batch='all'; allowed: drop, keep"):
+        data.load_dataset("digits", last_batch="all")
+
+
 def test_train_batch_indices_seeds_and_purity():
     a = data.train_batch_indices(1000, 32, 57, seed=0)
     assert not np.array_equal(a, data.train_batch_indices(1000, 32, 57, seed=1))

@@ -199,3 +199,23 @@ def test_eval_every_epochs_and_at_start(tmp_path):
   config.train.eval_every_steps = 15
   with pytest.raises(config_lib.ConfigError, match="train.eval_every_epochs"):
     config_lib.validate(config, device_count=1)
+
+
+def test_kept_last_batch_reaches_the_train_step(tmp_path, monkeypatch):
+  """data.last_batch="keep": 45 steps per epoch of 32 on digits' 1,437 images (44 full + 29), the
+  per-epoch evaluation follows that epoch, and the train step gets the batch weights."""
+  from kdt.train import steps  # pylint: disable=import-outside-toplevel
+  seen = []
+  real_step = steps.train_step
+  monkeypatch.setattr(steps, "train_step",
+                      lambda state, mask, batch, *a, **k: seen.append(sorted(batch)) or
+                      real_step(state, mask, batch, *a, **k))
+  config = _config(num_steps=46)
+  config.data.last_batch = "keep"
+  config.train.eval_every_steps = 0
+  config.train.eval_every_epochs = 1.0
+  config_lib.validate(config, device_count=1)
+  trainer, result = _train(config, str(tmp_path))
+  assert [h["step"] for h in result.meta["history"]] == [45, 46]
+  assert seen and all(keys == ["image", "label", "weight"] for keys in seen)
+  assert trainer.dataset.train_batch(44, 32, config.seeds.data_order)["weight"].sum() == 29

@@ -21,6 +21,28 @@ def _np_kd(student, teacher, labels, alpha, temperature, reduction):
 
 
 @pytest.mark.parametrize("reduction", ["batchmean", "mean"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_weighted_losses_are_the_partial_batch_mean(reduction, label_smoothing):
+  """Weight 0 on the padding rows of a kept partial batch: the loss is PyTorch's mean over the
+  partial batch alone (:mod:`kdt.data.order`)."""
+  rng = np.random.default_rng(1)
+  student = rng.normal(size=(8, 10)).astype(np.float32) * 3
+  teacher = rng.normal(size=(8, 10)).astype(np.float32) * 3
+  labels = rng.integers(0, 10, size=8)
+  weight = np.array([1.0] * 5 + [0.0] * 3, np.float32)
+  kw = dict(alpha=0.7, temperature=4.0, reduction=reduction, label_smoothing=label_smoothing)
+  np.testing.assert_allclose(
+      losses.kd_loss(student, teacher, labels, weight=weight, **kw),
+      losses.kd_loss(student[:5], teacher[:5], labels[:5], **kw), rtol=1e-6)
+  np.testing.assert_allclose(
+      losses.cross_entropy(student, labels, label_smoothing=label_smoothing, weight=weight),
+      losses.cross_entropy(student[:5], labels[:5], label_smoothing=label_smoothing), rtol=1e-6)
+  np.testing.assert_array_equal(  # weights of one change nothing
+      losses.cross_entropy(student, labels, weight=np.ones(8, np.float32)),
+      losses.cross_entropy(student, labels))
+
+
+@pytest.mark.parametrize("reduction", ["batchmean", "mean"])
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
 @pytest.mark.parametrize("temperature", [1.0, 4.0])
 def test_kd_loss_matches_numpy(reduction, alpha, temperature):

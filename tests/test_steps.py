@@ -100,3 +100,36 @@ def test_eval_step_counts_weights():
   sums = steps.eval_step(state.params, state.batch_stats, mask, batch, model=model)
   assert float(sums["count"]) == 5.0
   assert 0 <= float(sums["correct"]) <= 5
+
+
+class TinyMLP(nn.Module):
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.relu(nn.Dense(16, name="stem")(x.reshape((x.shape[0], -1))))
+    return nn.Dense(3, name="head")(x)
+
+
+@pytest.mark.parametrize("with_teacher", [False, True])
+def test_kept_partial_batch_step_equals_pytorchs_partial_batch(with_teacher):
+  """A kept last batch (5 images padded to 8, weight 0 on the padding) takes the same SGD step as
+  the 5-image batch PyTorch's ``drop_last=False`` loader gives (open_lth, KD-ticket)."""
+  model = TinyMLP()
+  direction = optim.make_direction("sgd", momentum=0.9, weight_decay=1e-2)
+  state = create_train_state(dict(model.init(jax.random.key(0), jnp.zeros((1, 4, 4, 1)))), direction)
+  mask = jax.tree.map(lambda p: jnp.ones(p.shape, bool), state.params)
+  rng = np.random.default_rng(0)
+  image = rng.normal(size=(8, 4, 4, 1)).astype(np.float32)
+  label = rng.integers(0, 3, 8).astype(np.int32)
+  teacher = rng.normal(size=(8, 3)).astype(np.float32) if with_teacher else None
+  weight = np.array([1.0] * 5 + [0.0] * 3, np.float32)
+  step = functools.partial(steps.train_step, model=model, direction=direction,
+                           schedule=optim.make_schedule("constant", learning_rate=0.1, num_steps=9),
+                           loss=losses.LossConfig())
+  padded, padded_metrics = jax.jit(step)(state, mask, {"image": image, "label": label,
+                                                       "weight": weight}, teacher)
+  partial, partial_metrics = jax.jit(step)(state, mask, {"image": image[:5], "label": label[:5]},
+                                           None if teacher is None else teacher[:5])
+  for a, b in zip(jax.tree.leaves(padded.params), jax.tree.leaves(partial.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  for key in ("loss", "accuracy"):
+    np.testing.assert_allclose(padded_metrics[key], partial_metrics[key], rtol=1e-6)

@@ -19,6 +19,7 @@ def load_dataset(
   num_workers: int = 0,
   mean: tuple[float, ...] = (),
   std: tuple[float, ...] = (),
+  last_batch: str = "drop",
 ) -> Dataset | StreamingDataset:
   """Loads dataset ``name`` (never downloads).
 
@@ -47,6 +48,8 @@ def load_dataset(
     mean: input-normalisation means per channel (config.data.mean); ``()``: the dataset's own.
     std: input-normalisation standard deviations (config.data.std); ``()``: the dataset's own.
       The returned dataset's ``info`` carries them (see :func:`kdt.data.with_normalization`).
+    last_batch: ``"drop"`` or ``"keep"`` each epoch's last incomplete training batch
+      (config.data.last_batch; :mod:`kdt.data.order`).
 
   Returns:
     :class:`Dataset` (in memory) or, for ``info.streaming`` datasets, :class:`StreamingDataset`.
@@ -68,7 +71,8 @@ def load_dataset(
       f"val_size must be in [0, {info.num_train}) for {name!r}, got {val_size}."
     )
   normalized = with_normalization(info, mean, std)
-  kwargs = dict(val_size=val_size, process_index=process_index, process_count=process_count)
+  kwargs = dict(val_size=val_size, process_index=process_index, process_count=process_count,
+                last_batch=last_batch)
   if info.streaming:
     if name == "imagenet2012" and data_dir:
       raise ValueError(

@@ -67,6 +67,7 @@ class Dataset:
     test: test :class:`Split`.
     process_index: this process's index.
     process_count: number of processes sharing each global batch.
+    last_batch: ``"drop"`` or ``"keep"`` each epoch's last incomplete batch (:mod:`kdt.data.order`).
   """
 
   def __init__(
@@ -78,13 +79,16 @@ class Dataset:
     val_size: int = 0,
     process_index: int = 0,
     process_count: int = 1,
+    last_batch: str = "drop",
   ):
     order.check_process(process_index, process_count)
+    order.steps_per_epoch(1, 1, last_batch)  # checks the name
     self.info = info
     self.train, self.val = split_validation(train, val_size)
     self.test = test
     self.process_index = process_index
     self.process_count = process_count
+    self.last_batch = last_batch
 
   def __repr__(self) -> str:
     val = len(self.val) if self.val is not None else 0
@@ -108,11 +112,16 @@ class Dataset:
     Returns:
       ``{"image": uint8 (local, H, W, C), "label": int32 (local,)}`` with
       ``local = global_batch_size // process_count``; un-augmented (see
-      :func:`kdt.data.preprocess`).
+      :func:`kdt.data.preprocess`). With ``last_batch="keep"`` also ``"weight"``: float32
+      ``(local,)``, 0 on the padding rows of an epoch's last batch.
     """
     rows = order.local_rows(global_batch_size, self.process_index, self.process_count)
-    idx = order.train_batch_indices(len(self.train), global_batch_size, step, seed)[rows]
-    return {"image": self.train.images[idx], "label": self.train.labels[idx]}
+    n = len(self.train)
+    idx = order.train_batch_indices(n, global_batch_size, step, seed, self.last_batch)[rows]
+    batch = {"image": self.train.images[idx], "label": self.train.labels[idx]}
+    if self.last_batch == "keep":
+      batch["weight"] = order.train_batch_weights(n, global_batch_size, step, self.last_batch)[rows]
+    return batch
 
   def eval_batches(self, split: str, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
     """This process's rows of each global evaluation batch of ``split``, in order.

@@ -193,8 +193,10 @@ class StreamingDataset:
     process_index: int = 0,
     process_count: int = 1,
     num_workers: int = 0,
+    last_batch: str = "drop",
   ):
     order.check_process(process_index, process_count)
+    order.steps_per_epoch(1, 1, last_batch)  # checks the name
     n = len(train_source)
     if not 0 <= val_size < n:
       raise ValueError(
@@ -207,6 +209,7 @@ class StreamingDataset:
     self.process_index = process_index
     self.process_count = process_count
     self.num_workers = num_workers or min(32, os.cpu_count() or 1)
+    self.last_batch = last_batch
     self._reading: tuple[tuple, int, Iterator] | None = None  # (stream key, next step, batches)
 
   def __repr__(self) -> str:
@@ -261,7 +264,7 @@ class StreamingDataset:
 
     @functools.lru_cache(maxsize=8)
     def indices(step: int) -> np.ndarray:
-      return order.train_batch_indices(num_train, global_batch_size, step, seed)
+      return order.train_batch_indices(num_train, global_batch_size, step, seed, self.last_batch)
 
     def load(k: int) -> tuple[np.ndarray, int]:
       step, row = divmod(k, local)
@@ -298,7 +301,8 @@ class StreamingDataset:
       augment_seed: seed of the host-side crops and flips; defaults to ``seed``.
 
     Returns:
-      ``{"image": uint8 (local, H, W, C), "label": int32 (local,)}``.
+      ``{"image": uint8 (local, H, W, C), "label": int32 (local,)}``, and ``"weight"`` with
+      ``last_batch="keep"`` (as :meth:`kdt.data.Dataset.train_batch`).
     """
     key = (global_batch_size, seed, augment, augment_seed)
     if self._reading is None or self._reading[:2] != (key, step):
@@ -308,6 +312,10 @@ class StreamingDataset:
       self._reading = (key, step, self._read(stream[step * local:], local))
     batch = next(self._reading[2])
     self._reading = (key, step + 1, self._reading[2])
+    if self.last_batch == "keep":
+      rows = order.local_rows(global_batch_size, self.process_index, self.process_count)
+      batch["weight"] = order.train_batch_weights(len(self.train), global_batch_size, step,
+                                                  self.last_batch)[rows]
     return batch
 
   def eval_batches(self, split: str, batch_size: int) -> Iterator[dict[str, np.ndarray]]:

@@ -88,7 +88,8 @@ def dense_gradients(params: Any, batch_stats: Any, mask: Any, batch: dict, *, mo
       logits = steps.apply_model(model, variables, batch["image"], train=True)
     return losses.cross_entropy(logits.astype(jnp.float32), batch["label"],
                                 label_smoothing=loss.label_smoothing,
-                                convention=loss.label_smoothing_convention)
+                                convention=loss.label_smoothing_convention,
+                                weight=batch.get("weight"))
 
   return jax.grad(loss_fn)(masked)
 
@@ -221,7 +222,7 @@ class DSTDriver:
     raw = parallel.global_batch(local, self.mesh)
     key = jax.random.fold_in(jax.random.key(config.seeds.augment), step)
     images = data_lib.preprocess(raw["image"], key, info=info, train=True, augment=augment)
-    return {"image": images, "label": raw["label"]}
+    return {"image": images, "label": raw["label"], **{k: raw[k] for k in ("weight",) if k in raw}}
 
   def _update(self, method: str, state: TrainState, mask: Any, step: int, key: jax.Array):
     """The state and mask after the update at ``step`` (pure pieces, jitted)."""

@@ -47,7 +47,8 @@ def load_data(config: ml_collections.ConfigDict):
   return data_lib.load_dataset(
       config.data.name, data_dir=config.data.dir, tfds_data_dir=config.data.tfds_dir,
       val_size=config.data.val_size, process_index=jax.process_index(),
-      process_count=jax.process_count(), mean=tuple(config.data.mean), std=tuple(config.data.std))
+      process_count=jax.process_count(), mean=tuple(config.data.mean), std=tuple(config.data.std),
+      last_batch=config.data.last_batch)
 
 
 def build_model(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo) -> nn.Module:
@@ -285,7 +286,7 @@ def loop_settings(config: ml_collections.ConfigDict, num_train: int) -> loop.Loo
   evaluation, ``train.eval_every_epochs``)."""
   train = config.train
   eval_every = train.eval_every_steps or data_lib.order.every_steps(
-      train.eval_every_epochs, num_train, train.batch_size)
+      train.eval_every_epochs, num_train, train.batch_size, config.data.last_batch)
   return schema.spec(loop.LoopSettings, train, eval_every_steps=eval_every)
 
 

@@ -176,9 +176,9 @@ def rescale_adam(state: ScaleState, grads: Any, active: Any, floors: Any, *, con
                     cons_step=cons_step)
 
 
-def _loss(model, params, batch_stats, mask, images, labels, step=None) -> jax.Array:
+def _loss(model, params, batch_stats, mask, images, labels, step=None, weight=None) -> jax.Array:
   """CE of the network (masked unless ``mask`` is None) at schedule position ``step``, BN in
-  training mode without touching the running statistics."""
+  training mode without touching the running statistics (``weight``: a kept partial batch's)."""
   variables = {"params": params if mask is None else pruning.apply_mask(params, mask)}
   if batch_stats:
     variables["batch_stats"] = batch_stats
@@ -186,7 +186,7 @@ def _loss(model, params, batch_stats, mask, images, labels, step=None) -> jax.Ar
                                   mutable=["batch_stats"])
   else:
     logits = steps.apply_model(model, variables, images, train=True, step=step)
-  return losses.cross_entropy(logits.astype(jnp.float32), labels)
+  return losses.cross_entropy(logits.astype(jnp.float32), labels, weight=weight)
 
 
 def scale_gradients(alpha: Any, params0: Any, batch_stats: Any, mask: Any, batch_a: dict,
@@ -220,7 +220,8 @@ def scale_gradients(alpha: Any, params0: Any, batch_stats: Any, mask: Any, batch
 
   def inner(a):
     loss0, g = jax.value_and_grad(_loss, argnums=1)(model, params_at(a), batch_stats, forward_mask,
-                                                    batch_a["image"], batch_a["label"], step)
+                                                    batch_a["image"], batch_a["label"], step,
+                                                    batch_a.get("weight"))
     leaves = jax.tree.leaves(g)
     if settings.alg == "adam":
       gnorm = sum(jnp.sum(jnp.abs(x)) for x in leaves)
@@ -238,7 +239,7 @@ def scale_gradients(alpha: Any, params0: Any, batch_stats: Any, mask: Any, batch
     # The reference detaches the step (``gstep.data``): no gradient through g here.
     moved = jax.tree.map(jnp.subtract, params_at(a), jax.lax.stop_gradient(update))
     loss1 = _loss(model, moved, batch_stats, forward_mask, batch_b["image"], batch_b["label"],
-                  step)
+                  step, batch_b.get("weight"))
     return loss1 / settings.eta, loss1
 
   def constraint_branch(a):
@@ -330,7 +331,8 @@ def search(model, params: Any, batch_stats: Any, mask: Any, dataset, settings: G
     raw = parallel.global_batch(local, mesh)
     images = data_lib.preprocess(raw["image"], jax.random.fold_in(key, index), info=info,
                                  train=True, augment=device_augment)
-    return {"image": images, "label": raw["label"]}
+    return {"image": images, "label": raw["label"],
+            **{k: raw[k] for k in ("weight",) if k in raw}}
 
   def cat(a, b):
     return jax.tree.map(lambda x, y: jnp.concatenate([x, y]), a, b)

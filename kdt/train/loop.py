@@ -304,7 +304,8 @@ class Trainer:
       self.trace_counts[key] = self.trace_counts.get(key, 0) + 1  # runs at trace time only
       images = data_lib.preprocess(raw_batch["image"], jax.random.fold_in(augment_key, state.step),
                                    info=info, train=True, augment=augment)
-      batch = {"image": images, "label": raw_batch["label"]}
+      batch = {"image": images, "label": raw_batch["label"],
+               **{k: raw_batch[k] for k in ("weight",) if k in raw_batch}}
       if teacher_kind == "model":
         teacher_logits = steps.teacher_logits(teacher["params"], teacher["batch_stats"], images,
                                               model=self.teacher_model)
@@ -627,7 +628,7 @@ class Trainer:
   def cached_teacher_logits(self, step: int, run: Run) -> jax.Array:
     """The cached teacher logits of exactly the rows :meth:`train_batch` returns."""
     indices = data_lib.train_batch_indices(len(self.dataset.train), self.settings.batch_size, step,
-                                           run.data_seed)
+                                           run.data_seed, self.dataset.last_batch)
     local = self.settings.batch_size // jax.process_count()
     rows = indices[jax.process_index() * local:(jax.process_index() + 1) * local]
     return parallel.global_batch({"logits": run.teacher_logits_table[rows]}, self.mesh)["logits"]

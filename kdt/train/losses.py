@@ -71,8 +71,15 @@ def smoothed_targets(labels: jax.Array, num_classes: int, label_smoothing: float
   raise ValueError(f"label_smoothing_convention={convention!r}; allowed: {LABEL_SMOOTHING_CONVENTIONS}")
 
 
+def weighted_mean(values: jax.Array, weight: jax.Array | None) -> jax.Array:
+  """``mean(values)``, or the weighted mean :math:`\\sum_i w_i v_i / \\sum_i w_i` over the batch."""
+  if weight is None:
+    return jnp.mean(values)
+  return jnp.sum(values * weight) / jnp.sum(weight)
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array, *, label_smoothing: float = 0.0,
-                  convention: str = "uniform") -> jax.Array:
+                  convention: str = "uniform", weight: jax.Array | None = None) -> jax.Array:
   """Mean cross-entropy :math:`-\\frac1B\\sum_i \\sum_c q_{ic} \\log \\mathrm{softmax}(z_i)_c`.
 
   Args:
@@ -80,6 +87,8 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, *, label_smoothing: floa
     labels: ``[batch]`` integer class ids.
     label_smoothing: smoothing mass alpha (0 = plain CE).
     convention: label-smoothing convention, see :func:`smoothed_targets`.
+    weight: optional ``[batch]`` example weights (0 on the padding of a kept partial batch,
+      :mod:`kdt.data.order`): the mean becomes :math:`\\sum_i w_i \\ell_i / \\sum_i w_i`.
 
   Returns:
     Scalar float32 loss.
@@ -87,13 +96,14 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, *, label_smoothing: floa
   logits = logits.astype(jnp.float32)
   log_probs = jax.nn.log_softmax(logits)
   if label_smoothing == 0.0:
-    return -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], axis=-1))
+    picked = jnp.take_along_axis(log_probs, labels[:, None], axis=-1)
+    return -(jnp.mean(picked) if weight is None else weighted_mean(picked[:, 0], weight))
   targets = smoothed_targets(labels, logits.shape[-1], label_smoothing, convention)
-  return -jnp.mean(jnp.sum(targets * log_probs, axis=-1))
+  return -weighted_mean(jnp.sum(targets * log_probs, axis=-1), weight)
 
 
 def kl_divergence(student_logits: jax.Array, teacher_logits: jax.Array, *, temperature: float,
-                  reduction: str = "batchmean") -> jax.Array:
+                  reduction: str = "batchmean", weight: jax.Array | None = None) -> jax.Array:
   """KL(softmax(z_t/T) || softmax(z_s/T)) with PyTorch's ``KLDivLoss`` reductions.
 
   Args:
@@ -101,6 +111,7 @@ def kl_divergence(student_logits: jax.Array, teacher_logits: jax.Array, *, tempe
     teacher_logits: ``[batch, C]`` (treated as constants: no gradient flows into the teacher).
     temperature: T > 0.
     reduction: ``"batchmean"`` divides the summed KL by the batch size; ``"mean"`` by batch x C.
+    weight: optional ``[batch]`` example weights; the batch size becomes :math:`\\sum_i w_i`.
 
   Returns:
     Scalar float32 KL (without the T^2 factor).
@@ -110,16 +121,20 @@ def kl_divergence(student_logits: jax.Array, teacher_logits: jax.Array, *, tempe
   teacher_log_probs = jax.nn.log_softmax(teacher_logits / temperature)
   teacher_probs = jnp.exp(teacher_log_probs)
   pointwise = teacher_probs * (teacher_log_probs - student_log_probs)
+  if reduction not in KD_REDUCTIONS:
+    raise ValueError(f"kd_reduction={reduction!r}; allowed: {KD_REDUCTIONS}")
+  if weight is not None:  # the weighted batch size replaces B
+    per_class = 1 if reduction == "batchmean" else pointwise.shape[-1]
+    return weighted_mean(jnp.sum(pointwise, axis=-1), weight) / per_class
   if reduction == "batchmean":
     return jnp.sum(pointwise) / student_logits.shape[0]
-  if reduction == "mean":
-    return jnp.mean(pointwise)
-  raise ValueError(f"kd_reduction={reduction!r}; allowed: {KD_REDUCTIONS}")
+  return jnp.mean(pointwise)
 
 
 def kd_loss(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.Array, *,
             alpha: float, temperature: float, reduction: str = "batchmean",
-            label_smoothing: float = 0.0, convention: str = "uniform") -> jax.Array:
+            label_smoothing: float = 0.0, convention: str = "uniform",
+            weight: jax.Array | None = None) -> jax.Array:
   """Distillation loss alpha * T^2 * KL + (1 - alpha) * CE (KD ticket, Ma et al. 2021).
 
   Args:
@@ -131,10 +146,13 @@ def kd_loss(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.Ar
     reduction: KL reduction, ``"batchmean"`` or ``"mean"``.
     label_smoothing: smoothing of the hard-label CE term.
     convention: label-smoothing convention.
+    weight: optional ``[batch]`` example weights (see :func:`cross_entropy`).
 
   Returns:
     Scalar float32 loss.
   """
-  kl = kl_divergence(student_logits, teacher_logits, temperature=temperature, reduction=reduction)
-  ce = cross_entropy(student_logits, labels, label_smoothing=label_smoothing, convention=convention)
+  kl = kl_divergence(student_logits, teacher_logits, temperature=temperature, reduction=reduction,
+                     weight=weight)
+  ce = cross_entropy(student_logits, labels, label_smoothing=label_smoothing, convention=convention,
+                     weight=weight)
   return alpha * temperature**2 * kl + (1.0 - alpha) * ce

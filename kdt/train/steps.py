@@ -43,16 +43,18 @@ def apply_model(model: Any, variables: dict, images: jax.Array, *, train: bool,
 
 
 def compute_loss(logits: jax.Array, labels: jax.Array, teacher_logits: jax.Array | None,
-                 step: jax.Array, loss: losses.LossConfig) -> jax.Array:
-  """CE, or the KD loss until ``loss.kd_stop_step`` (then CE) when teacher logits are given."""
+                 step: jax.Array, loss: losses.LossConfig,
+                 weight: jax.Array | None = None) -> jax.Array:
+  """CE, or the KD loss until ``loss.kd_stop_step`` (then CE) when teacher logits are given
+  (``weight``: per-example weights of a kept partial batch, see :mod:`kdt.data.order`)."""
   ce = losses.cross_entropy(logits, labels, label_smoothing=loss.label_smoothing,
-                            convention=loss.label_smoothing_convention)
+                            convention=loss.label_smoothing_convention, weight=weight)
   if teacher_logits is None:
     return ce
   kd = losses.kd_loss(logits, teacher_logits, labels, alpha=loss.kd_alpha,
                       temperature=loss.kd_temperature, reduction=loss.kd_reduction,
                       label_smoothing=loss.label_smoothing,
-                      convention=loss.label_smoothing_convention)
+                      convention=loss.label_smoothing_convention, weight=weight)
   if loss.kd_stop_step < 0:
     return kd
   return jnp.where(step < loss.kd_stop_step, kd, ce)
@@ -67,7 +69,9 @@ def train_step(state: TrainState, mask: Any, batch: dict, teacher_logits: jax.Ar
   Args:
     state: the :class:`TrainState`; ``state.step`` is the position on the schedule.
     mask: bool pytree with ``state.params``' structure.
-    batch: ``{"image": float [B, H, W, C] (preprocessed), "label": int [B]}``.
+    batch: ``{"image": float [B, H, W, C] (preprocessed), "label": int [B]}``, and optionally
+      ``"weight": float [B]`` (0 on a kept partial batch's padding rows, :mod:`kdt.data.order`):
+      loss and accuracy are then weighted means over the batch.
     teacher_logits: ``[B, C]`` teacher logits on the same batch, or None (plain CE variant).
     model: the Flax module.
     direction: optimizer direction transformation (:func:`kdt.train.optim.make_direction`).
@@ -79,6 +83,7 @@ def train_step(state: TrainState, mask: Any, batch: dict, teacher_logits: jax.Ar
     (left on device; fetch them only at log steps).
   """
   has_bn = bool(state.batch_stats)
+  weight = batch.get("weight")
 
   def loss_fn(params):
     variables = _variables(apply_mask(params, mask), state.batch_stats)
@@ -89,7 +94,7 @@ def train_step(state: TrainState, mask: Any, batch: dict, teacher_logits: jax.Ar
     else:
       logits = apply_model(model, variables, batch["image"], train=True, step=state.step)
       new_batch_stats = state.batch_stats
-    value = compute_loss(logits, batch["label"], teacher_logits, state.step, loss)
+    value = compute_loss(logits, batch["label"], teacher_logits, state.step, loss, weight)
     return value, (logits, new_batch_stats)
 
   (loss_value, (logits, new_batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -102,7 +107,7 @@ def train_step(state: TrainState, mask: Any, batch: dict, teacher_logits: jax.Ar
                             opt_state=new_opt_state)
   metrics = {
       "loss": loss_value,
-      "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+      "accuracy": losses.weighted_mean(jnp.argmax(logits, -1) == batch["label"], weight),
       "learning_rate": learning_rate,
   }
   return new_state, metrics
