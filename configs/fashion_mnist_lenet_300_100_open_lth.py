@@ -41,6 +41,8 @@ def get_config():
   config.train.eval_every_steps = 0
   config.train.eval_every_epochs = 1.0
   config.train.eval_at_start = True
+  config.train.report_metric = "last_mean"  # open_lth-style: mean test accuracy of the last 5 epochs
+  config.train.report_last_evals = 5
   config.train.checkpoint_every_steps = 2000
   config.optimizer.name = "sgd"
   config.optimizer.learning_rate = 0.1

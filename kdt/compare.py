@@ -7,10 +7,14 @@ each, then::
   python -m kdt.compare --workdirs /tmp/q_s0 /tmp/q_s1 /tmp/q_s2 --out /tmp/q_summary \\
       --baseline lth
 
-writes ``summary.json`` (per recipe and round: mean density, mean / std / min / max of the
-reported test accuracy (:mod:`kdt.evaluation`) over seeds and, with ``--baseline``, the mean and
-std of the per-seed gap to the baseline recipe at the same round) and ``accuracy_vs_weights.png``
-(mean ± std against weights remaining), and prints the table.
+writes ``summary.json`` (per recipe and round: mean density over the prunable weights and over
+all weight matrices, mean / std / min / max of the reported test accuracy (:mod:`kdt.evaluation`)
+over seeds and, with ``--baseline``, the mean, std and 95 % confidence interval of the per-seed
+gap to the baseline recipe at the same round) and ``accuracy_vs_weights.png`` (mean ± std against
+weights remaining; a top axis counts all weight matrices where some are never pruned), and prints
+the table. A workdir of ``config.replicates = N`` counts as N seeds (its rows' ``replicate``), so
+``python -m kdt.compare --workdirs /tmp/q3 --out /tmp/q3_summary --baseline lth`` summarises the
+replicates of one run.
 
 The workdirs must be seeds of one experiment: their configs may differ only in ``seeds.*`` (and
 in where the data lives), and no two may share all their seeds — the same run twice would report
@@ -77,12 +81,32 @@ def check_seeds(workdirs: Sequence[str]) -> None:
 
 
 def load_runs(workdirs: Sequence[str]) -> list[list[dict]]:
-  """The ``results.json`` rows of every workdir."""
+  """The ``results.json`` rows of every seed: one list per workdir, or per replicate of a workdir
+  with ``config.replicates > 1`` (its rows carry ``replicate``)."""
   runs = []
   for workdir in workdirs:
     with fileio.open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
-      runs.append(json.load(f))
+      rows = json.load(f)
+    replicates: dict = {}
+    for row in rows:
+      replicates.setdefault(row.get("replicate"), []).append(row)
+    runs.extend(replicates.values())
   return runs
+
+
+def confidence_half_width(values: list[float], level: float = 0.95) -> float:
+  """Half-width of the Student-t confidence interval of the mean of ``values``:
+  :math:`t_{(1+\\text{level})/2,\\,n-1}\\, s / \\sqrt{n}` (``nan`` for fewer than two values).
+
+  Examples:
+    >>> round(confidence_half_width([0.0, 1.0, 2.0]), 4)  # t(0.975, 2) = 4.3027, s = 1
+    2.4841
+  """
+  if len(values) < 2:
+    return float("nan")
+  from scipy import stats  # pylint: disable=import-outside-toplevel
+  t = stats.t.ppf((1 + level) / 2, len(values) - 1)
+  return float(t * statistics.stdev(values) / len(values) ** 0.5)
 
 
 def _std(values: list[float]) -> float:
@@ -97,17 +121,23 @@ def summarize(runs: list[list[dict]], *, metric: str = evaluation.REPORTED,
     runs: one list of result rows per seed (:func:`load_runs`).
     metric: the row field to summarise (default: the protocol's ``reported_test_accuracy``,
       :mod:`kdt.evaluation`; ``test_accuracy`` in rows written before it existed).
-    baseline: a recipe name; adds ``gap_mean`` / ``gap_std``, the per-seed difference
+    baseline: a recipe name; adds ``gap_mean`` / ``gap_std`` / ``gap_ci95`` (the half-width of
+      the 95 % Student-t interval of the mean gap), the per-seed difference
       ``metric(recipe) - metric(baseline)`` at the same round (the dense row counts as round 0 of
       every recipe).
 
   Returns:
-    Rows ``{"recipe", "round", "density", "n", "mean", "std", "min", "max"[, "gap_mean",
-    "gap_std"]}`` in the order the recipes first appear.
+    Rows ``{"recipe", "round", "density"[, "density_all_weights"], "metric", "n", "mean", "std",
+    "min", "max"[, "gap_mean", "gap_std", "gap_ci95", "gap_n"]}`` in the order the recipes first
+    appear; ``metric`` names what was summarised, for labels.
   """
+  reported = {row.get("report_metric", "final") for rows in runs for row in rows}
+  label = (evaluation.METRIC_LABELS[reported.pop()] if metric == evaluation.REPORTED
+           and len(reported) == 1 else metric)
   keys: list[tuple[str, int]] = []
   values: dict[tuple[str, int], list[float]] = {}
   densities: dict[tuple[str, int], list[float]] = {}
+  all_weights: dict[tuple[str, int], list] = {}
   per_seed: list[dict[tuple[str, int], float]] = []
   for rows in runs:
     seed = {}
@@ -115,23 +145,27 @@ def summarize(runs: list[list[dict]], *, metric: str = evaluation.REPORTED,
       key = (row["recipe"], int(row["round"]))
       if key not in values:
         keys.append(key)
-        values[key], densities[key] = [], []
+        values[key], densities[key], all_weights[key] = [], [], []
       value = float(evaluation.row_value(row, metric))
       values[key].append(value)
       densities[key].append(float(row["density"]))
+      all_weights[key].append(row.get("density_all_weights"))
       seed[key] = value
     per_seed.append(seed)
   out = []
   for key in keys:
     v = values[key]
-    entry = {"recipe": key[0], "round": key[1], "density": statistics.fmean(densities[key]),
-             "n": len(v), "mean": statistics.fmean(v), "std": _std(v), "min": min(v),
-             "max": max(v)}
+    entry = {"recipe": key[0], "round": key[1], "density": statistics.fmean(densities[key])}
+    if None not in all_weights[key]:
+      entry["density_all_weights"] = statistics.fmean(all_weights[key])
+    entry.update(metric=label, n=len(v), mean=statistics.fmean(v), std=_std(v), min=min(v),
+                 max=max(v))
     if baseline is not None and key[0] not in (baseline, "dense"):
       base_key = (baseline, key[1]) if key[1] else ("dense", 0)
       gaps = [s[key] - s[base_key] for s in per_seed if key in s and base_key in s]
       if gaps:
-        entry.update(gap_mean=statistics.fmean(gaps), gap_std=_std(gaps), gap_n=len(gaps))
+        entry.update(gap_mean=statistics.fmean(gaps), gap_std=_std(gaps),
+                     gap_ci95=confidence_half_width(gaps), gap_n=len(gaps))
     out.append(entry)
   return out
 
@@ -140,14 +174,17 @@ def format_summary(summary: list[dict], title: str = "", metric: str = evaluatio
   """A fixed-width table of :func:`summarize`'s rows (accuracies in percent)."""
   has_gap = any("gap_mean" in s for s in summary)
   header = (f"{'round':>5}  {'recipe':<14} {'weights left':>12}  {'n':>2}  {metric + ' mean':>27}"
-            f"  {'std':>6}  {'min':>6}  {'max':>6}" + (f"  {'gap to baseline':>17}" if has_gap else ""))
+            f"  {'std':>6}  {'min':>6}  {'max':>6}"
+            + (f"  {'gap to baseline':>17}  {'95% CI of gap':>17}" if has_gap else ""))
   lines = ([title] if title else []) + [header, "-" * len(header)]
   for s in sorted(summary, key=lambda s: (s["recipe"] != "dense", s["recipe"], s["round"])):
     line = (f"{s['round']:>5}  {s['recipe']:<14} {100 * s['density']:>11.2f}%  {s['n']:>2}  "
             f"{100 * s['mean']:>27.2f}  {100 * s['std']:>6.2f}  {100 * s['min']:>6.2f}  "
             f"{100 * s['max']:>6.2f}")
     if "gap_mean" in s:
-      line += f"  {100 * s['gap_mean']:>+8.2f} ± {100 * s['gap_std']:<5.2f}"
+      low, high = (100 * (s["gap_mean"] + sign * s["gap_ci95"]) for sign in (-1, 1))
+      line += (f"  {100 * s['gap_mean']:>+8.2f} ± {100 * s['gap_std']:<5.2f}  "
+               f"[{low:+6.2f}, {high:+6.2f}]")
     lines.append(line)
   return "\n".join(lines)
 
@@ -181,14 +218,9 @@ def summary_figure(summary: list[dict], title: str = ""):
                 **report.recipe_style(recipe))
   if dense:
     ax.axhline(100 * dense[0]["mean"], color="black", linewidth=1, linestyle=":", label="dense")
-  ax.set_xscale("log")
-  ax.invert_xaxis()
-  ticks = report.distinct_ticks(100 * s["density"] for s in summary)
-  ax.set_xticks(ticks)
-  ax.set_xticklabels([f"{t:g}" for t in ticks], rotation=45)
-  ax.minorticks_off()
-  ax.set_xlabel("percent of prunable weights remaining (log scale)")
-  ax.set_ylabel("test accuracy (%), mean ± std over seeds")
+  report.density_axes(ax, summary)
+  metric = summary[0].get("metric", "test accuracy") if summary else "test accuracy"
+  ax.set_ylabel(f"{metric} (%), mean ± std over seeds", fontsize=9)
   n = max((s["n"] for s in summary), default=0)
   ax.set_title(title or f"accuracy vs. weights remaining ({n} seeds)")
   ax.grid(True, alpha=0.3)
@@ -220,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
   with open(os.path.join(args.out, "summary.json"), "w", encoding="utf-8") as f:
     json.dump({"workdirs": list(args.workdirs), "metric": args.metric,
                "baseline": args.baseline, "rows": summary}, f, indent=2)
-  title = args.title or f"{len(args.workdirs)} seeds"
+  title = args.title or f"{max((s['n'] for s in summary), default=0)} seeds"
   plot_summary(summary, os.path.join(args.out, "accuracy_vs_weights.png"), title)
   print(format_summary(summary, title, args.metric), flush=True)
   return summary

@@ -357,6 +357,32 @@ def all_weights_slope(rows: list[dict]) -> float | None:
   return sum(slopes) / len(slopes) if slopes else None
 
 
+def density_axes(ax, rows: list[dict]) -> None:
+  """The x axes of an accuracy-vs-weights plot: percent of prunable weights remaining (log scale,
+  decreasing, a tick per density), and where some weight matrices are never pruned (the rows'
+  ``density_all_weights``: open_lth's head) a top axis with the same points as percent of all
+  weight matrices. ``rows``: dicts with ``density`` (and ``density_all_weights``), results rows
+  or :func:`kdt.compare.summarize`'s."""
+  ax.set_xscale("log")
+  ax.invert_xaxis()
+  ticks = distinct_ticks(100 * r["density"] for r in rows)
+  ax.set_xticks(ticks)
+  ax.set_xticklabels([f"{t:g}" for t in ticks], rotation=45)
+  ax.minorticks_off()
+  slope = all_weights_slope(rows)
+  if slope is None or slope > 1 - 1e-9:
+    ax.set_xlabel("percent of prunable weights remaining (log scale)"
+                  + ("; = percent of all weight matrices" if slope is not None else ""))
+    return
+  ax.set_xlabel("percent of prunable weights remaining (log scale)")
+  to_all = lambda d: 100 - slope * (100 - d)  # noqa: E731
+  top = ax.secondary_xaxis("top", functions=(to_all, lambda a: 100 - (100 - a) / slope))
+  top.set_xticks([to_all(t) for t in ticks])
+  top.set_xticklabels([f"{to_all(t):.3g}" for t in ticks], rotation=45, fontsize=8)
+  top.minorticks_off()
+  top.set_xlabel("percent of all weight matrices remaining (unpruned layers included)", fontsize=8)
+
+
 def plot_accuracy_vs_weights(rows: list[dict], path: str, title: str = "") -> None:
   """Test accuracy against percent of weights remaining (log x, decreasing), one line per recipe.
 
@@ -390,25 +416,7 @@ def plot_accuracy_vs_weights(rows: list[dict], path: str, title: str = "") -> No
     style = recipe_style("dense")
     ax.axhline(dense[0][1], color=style["color"], linewidth=1, linestyle=style["linestyle"],
                label="dense")
-  ax.set_xscale("log")
-  ax.invert_xaxis()
-  ticks = distinct_ticks(100 * r["density"] for r in rows)
-  ax.set_xticks(ticks)
-  ax.set_xticklabels([f"{t:g}" for t in ticks], rotation=45)
-  ax.minorticks_off()
-  slope = all_weights_slope(rows)
-  if slope is None or slope > 1 - 1e-9:
-    ax.set_xlabel("percent of prunable weights remaining (log scale)"
-                  + ("; = percent of all weight matrices" if slope is not None else ""))
-  else:
-    ax.set_xlabel("percent of prunable weights remaining (log scale)")
-    to_all = lambda d: 100 - slope * (100 - d)  # noqa: E731
-    top = ax.secondary_xaxis("top", functions=(to_all, lambda a: 100 - (100 - a) / slope))
-    top.set_xticks([to_all(t) for t in ticks])
-    top.set_xticklabels([f"{to_all(t):.3g}" for t in ticks], rotation=45, fontsize=8)
-    top.minorticks_off()
-    top.set_xlabel("percent of all weight matrices remaining (unpruned layers included)",
-                   fontsize=8)
+  density_axes(ax, rows)
   metrics = {r.get("report_metric", "final") for r in rows}
   label = evaluation.METRIC_LABELS[metrics.pop()] if len(metrics) == 1 else "test accuracy"
   ax.set_ylabel(f"{label} (%)", fontsize=9)

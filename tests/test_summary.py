@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from kdt import config_lib
@@ -131,3 +132,37 @@ def test_compare_plot_caption_sits_below_the_x_axis_label_and_tick_labels():
   caption = ax.texts[-1].get_window_extent(renderer)
   assert caption.y1 < ax.xaxis.label.get_window_extent(renderer).y0
   assert all(caption.y1 < t.get_window_extent(renderer).y0 for t in ax.get_xticklabels())
+
+
+def test_compare_reads_a_replicates_workdir_with_both_densities_and_gap_intervals(tmp_path, capsys):
+  """A ``config.replicates = 3`` workdir is three seeds; the summary keeps the density over all
+  weight matrices (open_lth's head stays whole), the plot gets its top axis, and the gap to the
+  baseline has a 95 % Student-t interval."""
+  from kdt import compare
+  workdir = tmp_path / "r3"
+  os.makedirs(workdir)
+  with open(workdir / "config.json", "w") as f:
+    json.dump({"experiment": "imp", "replicates": 3, "seeds": {"init": 0}}, f)
+  rows = []
+  for r, (lth, reinit) in enumerate([(0.90, 0.88), (0.91, 0.88), (0.92, 0.87)]):
+    rows += [{"replicate": r, "recipe": "dense", "round": 0, "density": 1.0,
+              "density_all_weights": 1.0, "test_accuracy": 0.9, "report_metric": "last_mean",
+              "reported_test_accuracy": 0.9}]
+    rows += [{"replicate": r, "recipe": recipe, "round": 1, "density": 0.8,
+              "density_all_weights": 0.8038, "test_accuracy": acc, "report_metric": "last_mean",
+              "reported_test_accuracy": acc} for recipe, acc in (("lth", lth), ("random_reinit", reinit))]
+  with open(workdir / "results.json", "w") as f:
+    json.dump(rows, f)
+  summary = compare.main(["--workdirs", str(workdir), "--out", str(tmp_path / "o"),
+                          "--baseline", "lth"])
+  reinit = next(s for s in summary if s["recipe"] == "random_reinit")
+  assert reinit["n"] == 3 and reinit["density_all_weights"] == pytest.approx(0.8038)
+  assert reinit["metric"] == "mean test accuracy over the last evaluations"
+  gaps = [-0.02, -0.03, -0.05]                               # per replicate, reinit - lth
+  assert reinit["gap_mean"] == pytest.approx(sum(gaps) / 3)
+  assert reinit["gap_ci95"] == pytest.approx(4.302653 * np.std(gaps, ddof=1) / 3 ** 0.5, rel=1e-5)
+  assert "95% CI of gap" in capsys.readouterr().out
+  fig = compare.summary_figure(summary)
+  assert [a.get_xlabel() for a in fig.axes[0].child_axes] == [
+      "percent of all weight matrices remaining (unpruned layers included)"]
+  assert fig.axes[0].get_ylabel().startswith("mean test accuracy over the last evaluations")
