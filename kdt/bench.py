@@ -820,6 +820,10 @@ def ticket_group(name: str, k: int, settings: Settings, log: Callable[[str], Non
   log(f"[tickets] {name} K={k}: timing {list(contenders)}, {settings.ticket_steps} rounds")
   times = interleaved(contenders, warmup=settings.warmup, steps=settings.ticket_steps)
   choice, reason = batch_lib.choose_strategy("auto", k)
+  # Each K's figures as soon as they exist: a bench stopped later still leaves them in its log.
+  log(f"[tickets] {name} K={k}: " + ", ".join(
+      f"{s} {summary(v, k * b)['images_per_s']:.0f} ticket-img/s, {(memory.get(s) or 0) / 2**20:.0f} MiB"
+      for s, v in times.items()))
   return {
       "contenders": {s: summary(v, k * b) for s, v in times.items()},
       "times": times,
