@@ -1056,7 +1056,7 @@ def format_table(results: dict) -> str:
     strategies = list(dict.fromkeys(s for g in groups.values() for s in g["contenders"]))
     lines += ["", f"**K tickets at once: {name}, batch {tickets['batch_size_per_ticket']} per ticket"
               "** — ticket-images/s relative to K = 1 of the same strategy; [× sequential at that "
-              "K]; XLA's memory plan of the program", "",
+              "K]; ticket-images/s; XLA's memory plan of the program", "",
               "| K | " + " | ".join(strategies) + " | auto |",
               "|---|" + "---|" * len(strategies) + "---|"]
     for k, g in groups.items():
@@ -1065,9 +1065,10 @@ def format_table(results: dict) -> str:
         if s not in g["contenders"]:
           cells.append("—")
           continue
-        vs_seq = g["ratios_vs_sequential"].get(s)
-        cells.append(f"{_fmt(g['throughput_vs_k1'].get(s), '.2f')}×"
+        vs_k1, vs_seq = g["throughput_vs_k1"].get(s), g["ratios_vs_sequential"].get(s)
+        cells.append(("—" if vs_k1 is None else f"{vs_k1:.2f}×")
                      + (f" [{vs_seq:.2f}×]" if vs_seq else "")
+                     + f", {g['contenders'][s]['images_per_s']:.0f} img/s"
                      + f", {g['memory_bytes'].get(s, 0) / 2**20:.0f} MiB")
       lines.append(f"| {k[2:]} | " + " | ".join(cells) + f" | {g['auto_choice']} |")
   quick = tickets.get("quickstart")

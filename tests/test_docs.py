@@ -31,3 +31,14 @@ def test_every_methods_citation_names_an_existing_section():
         cited += 1
         assert ref in sections, (path, ref)
   assert cited >= 30
+
+
+def test_every_file_the_readme_links_ships_with_kdt():
+  """The README's images and linked files (``docs/...``, ``configs/...``) exist in the repo."""
+  with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+    text = f.read()
+  targets = set(re.findall(r"\]\(((?:docs|configs|launch|kdt|tests)/[^)#\s]+)\)", text))
+  targets |= set(re.findall(r"`((?:docs|configs)/[\w./-]+\.(?:png|json|py|md))`", text))
+  assert len(targets) >= 5
+  missing = sorted(t for t in targets if not os.path.exists(os.path.join(REPO, t)))
+  assert not missing, missing

@@ -1,6 +1,7 @@
 """Replicates (``config.replicates``) and the ticket axis inside the IMP experiment."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -142,7 +143,6 @@ def _lmc_config(replicates, strategy):
   config.schedule.name = "constant"
   config.imp.num_rounds = 1
   config.lmc.rewind_steps = (4,)
-  config.lmc.networks = ("dense",)
   config.lmc.num_alphas = 3
   config.lmc.splits = ("test",)
   config.replicates = replicates
@@ -150,16 +150,31 @@ def _lmc_config(replicates, strategy):
   return config
 
 
-def test_lmc_pairs_as_tickets_and_replicates(tmp_path, digits):
-  """LMC's copies of a pair train together (vmap) and every experiment takes replicates."""
+def test_lmc_copies_at_each_k_and_replicates_train_as_one_batch(tmp_path, digits, caplog):
+  """Every copy that starts at k (the dense pair, the IMP and random pairs) of every replicate
+  trains as one vmap program, and gives what one-by-one training gives (float32 rounding)."""
   single = experiments.run(_lmc_config(1, "sequential"), str(tmp_path / "one"), dataset=digits)
   workdir = str(tmp_path / "two")
-  rows = experiments.run(_lmc_config(2, "vmap"), workdir, dataset=digits)
-  assert [(r["replicate"], r["network"]) for r in rows] == [(0, "dense"), (1, "dense")]
-  for got, want in zip(rows[:1], single):
+  batch_log = logging.getLogger("kdt.tickets.batch")  # "kdt" does not propagate to the root
+  batch_log.addHandler(caplog.handler)
+  try:
+    with caplog.at_level(logging.INFO, logger="kdt.tickets.batch"):
+      rows = experiments.run(_lmc_config(2, "vmap"), workdir, dataset=digits)
+  finally:
+    batch_log.removeHandler(caplog.handler)
+  assert [(r["replicate"], r["network"]) for r in rows] == [
+      (0, "dense"), (0, "imp"), (0, "random"), (1, "dense"), (1, "imp"), (1, "random")]
+  # Per replicate: the dense pair (2), the IMP pair's second copy (its first is IMP's round run,
+  # already trained) and the random pair (2) -> 5; both replicates -> 10 runs in one program.
+  together = [r.getMessage() for r in caplog.records if "runs together" in r.getMessage()]
+  assert any(m.startswith("[tickets] 10 runs together with strategy vmap") for m in together), \
+      together
+  for got, want in zip(rows[:3], single):
+    assert got["network"] == want["network"]
     for a, b in zip(got["copy_test_accuracy"], want["copy_test_accuracy"]):
       assert abs(a - b) <= 1 / 360 + 1e-9
     assert got["l2"] == pytest.approx(want["l2"], rel=1e-3)
-  assert rows[0]["l2"] != rows[1]["l2"]  # the second replicate has its own seeds
+  assert rows[0]["l2"] != rows[3]["l2"]  # the second replicate has its own seeds
   for name in ("replicate_00", "replicate_01"):
     assert os.path.exists(os.path.join(workdir, name, "results.json"))
+    assert os.path.exists(os.path.join(workdir, name, "lmc_summary.json"))

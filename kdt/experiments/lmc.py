@@ -27,10 +27,14 @@ and augmentation. For each pair (first copy, other copy) it records
 
 Every copy starts where the recipe ``rewind`` says (:meth:`kdt.tickets.recipes.Recipe.start` with
 theta_k), so LMC's copies and IMP's rewound tickets cannot disagree about what rewinding means.
-The two copies are trained one after another by the ordinary :class:`kdt.train.loop.Trainer`.
-The IMP subnetwork's first copy *is* IMP's round run (same start, mask, schedule and seeds), so it
-is loaded from the IMP rounds rather than trained twice. The masks come from
-:func:`kdt.experiments.imp.run_rounds` called on this experiment's own Setup (same dense run).
+Every copy that starts at the same k — the dense pair and each analysed round's IMP and random
+pairs — trains as one batch of tickets (:func:`kdt.tickets.batch.train_runs`, ``config.tickets``:
+``sequential`` on CPU gives exactly the one-by-one results, ``vmap`` one program for all), and with
+``config.replicates = N`` every replicate's copies at that k join the same batch
+(:func:`run_replicates`). The IMP subnetwork's first copy *is* IMP's round run (same start, mask,
+schedule and seeds), so it is loaded from the IMP rounds rather than trained twice. The masks come
+from IMP's own plan (:meth:`kdt.experiments.imp.IMPRounds.plan`) on this experiment's Setup (same
+dense run).
 
 Workdir::
 
@@ -56,7 +60,7 @@ import json
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, Generator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -68,6 +72,7 @@ from kdt import fileio
 from kdt import parallel
 from kdt import plots
 from kdt import pruning
+from kdt import report
 from kdt.analysis import correlation
 from kdt.analysis import interpolation
 from kdt.analysis import stability
@@ -100,6 +105,23 @@ def pinned_steps(config: ml_collections.ConfigDict) -> tuple[int, ...]:
 def run(setup: Setup, config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   """Experiment ``lmc`` (see :class:`LMCExperiment`)."""
   return LMCExperiment(setup, config, workdir).run()
+
+
+def run_replicates(setups: Sequence[Setup], config: ml_collections.ConfigDict) -> list[dict]:
+  """Experiment ``lmc`` for every replicate's Setup, advanced together
+  (:func:`kdt.tickets.batch.drive`): the replicates' dense runs, IMP rounds and copies at each k
+  train as one batch of tickets. Each replicate keeps its own directory, ``results.json``,
+  ``lmc_summary.json`` and plots; returns every replicate's rows, each with its ``replicate``."""
+  del config  # each replicate's Setup holds its own config (its seeds)
+  experiments = [LMCExperiment(setup, setup.config, setup.workdir) for setup in setups]
+  per_replicate = batch_lib.drive([e.plan() for e in experiments], setups[0].train_jobs)
+  rows = []
+  for index, (experiment, replicate_rows) in enumerate(zip(experiments, per_replicate)):
+    experiment.report(replicate_rows)
+    rows += [dict(row, replicate=index) for row in replicate_rows]
+  print(report.format_table(rows, title=f"{setups[0].title}, {len(setups)} replicates"),
+        flush=True)
+  return rows
 
 
 def _write_json(path: str, payload: Any) -> None:
@@ -163,33 +185,6 @@ def _copy_run(setup: Setup, name: str, directory: str, source: Model, mask: Any,
                   loss=rewind.loss, data_seed=data_seed, augment_seed=augment_seed)
 
 
-def _train_copies(setup: Setup, name: str, directory: str, source: Model, mask: Any, k: int,
-                  first_directory: str | None = None) -> list[loop.RunResult]:
-  """The first copy (config seeds) and one copy per ``lmc.pair_seeds``, trained together as
-  one batch of tickets (``config.tickets``; a finished first copy is loaded).
-
-  Args:
-    setup: the shared setup.
-    name: run-name prefix (logs, TensorBoard).
-    directory: where the copies' checkpoint directories go (``order_<seed>``).
-    source: theta_k.
-    mask: the (sub)network's mask.
-    k: the rewind step.
-    first_directory: an existing run directory that holds the first copy (IMP's round run, or
-      the dense run for k = 0), or None.
-
-  Returns:
-    ``[first copy, other copies...]``.
-  """
-  seeds = setup.config.seeds
-  specs = [(first_directory or os.path.join(directory, f"order_{seeds.data_order}"),
-            seeds.data_order, seeds.augment)]
-  specs += [(os.path.join(directory, f"order_{s}"), s, s) for s in setup.config.lmc.pair_seeds]
-  runs = [_copy_run(setup, f"{name}/order_{data_seed}", run_dir, source, mask, k, data_seed,
-                    augment_seed) for run_dir, data_seed, augment_seed in specs]
-  return setup.train_jobs([batch_lib.Job(setup.trainer, run) for run in runs])
-
-
 def _as_model(result: loop.RunResult) -> Model:
   return Model(result.state.params, result.state.batch_stats)
 
@@ -231,15 +226,18 @@ class LMCExperiment:
   def _mask_step(self, k: int) -> int:
     return k if self.lmc.mask_rewind_step < 0 else int(self.lmc.mask_rewind_step)
 
-  def imp_masks(self, k: int) -> dict[int, Any]:
-    """``{round: mask}`` of IMP rewound to k's mask step, running that IMP first if needed."""
+  def imp_masks_plan(self, k: int) -> Generator[list[batch_lib.Job], list[loop.RunResult],
+                                                 dict[int, Any]]:
+    """``{round: mask}`` of IMP rewound to k's mask step, running that IMP's plan first if
+    needed (a sub-plan: ``masks = yield from self.imp_masks_plan(k)``)."""
     step = self._mask_step(k)
     if step not in self._imp_masks:
       imp = imp_lib.imp_group(self.config.imp, recipes=("rewind",), control_recipe="rewind",
                               rewind_step=step, num_rounds=max(self.rounds))
       log.info("[lmc] IMP with rewinding to step %d (masks for k = %s) in %s", step,
                "every k" if self.lmc.mask_rewind_step >= 0 else k, self.imp_workdir(step))
-      imp_lib.run_rounds(self.setup, imp, self.imp_workdir(step))
+      rounds = imp_lib.IMPRounds(self.setup, imp, self.imp_workdir(step))
+      rounds.report((yield from rounds.plan()))
       self._imp_masks[step] = {
           r: self.setup.load_mask(imp_lib.round_dir(self.imp_workdir(step), r, "rewind"))
           for r in self.rounds}
@@ -268,66 +266,89 @@ class LMCExperiment:
   def run(self) -> list[dict]:
     """Dense run, then every k and network; returns the result rows (also written to disk)."""
     start = time.time()
+    (rows,) = batch_lib.drive([self.plan()], self.setup.train_jobs)
+    self.report(rows)
+    log.info("lmc finished in %.1f s (this invocation); results in %s", time.time() - start,
+             os.path.join(self.workdir, "results.json"))
+    return rows
+
+  def plan(self) -> Generator[list[batch_lib.Job], list[loop.RunResult], list[dict]]:
+    """The experiment as a coroutine (:func:`kdt.tickets.batch.drive`): yields the runs it needs
+    trained now, receives their results, returns the result rows.
+
+    It yields the dense run; then, for every k, IMP's rounds rewound to k's mask step (its own
+    plan, :meth:`kdt.experiments.imp.IMPRounds.plan`) and finally every copy that starts at k —
+    the dense pair and each analysed round's IMP and random pairs — as one batch of tickets
+    (they share the step range k..T, the optimizer and the loss). Several plans driven together
+    (the replicates) train their batches as one.
+    """
     setup = self.setup
-    dense = setup.trainer.train(setup.dense)
+    (dense,) = yield [batch_lib.Job(setup.trainer, setup.dense)]
     self.dense_accuracy = dense.final["test_accuracy"]
     rows: list[dict] = []
     for k in self.ks:
       state, _ = setup.trainer.restore_step(setup.dense, k)  # a damaged theta_k is replayed
       theta_k = Model(state.params, state.batch_stats)
-      first_dense = setup.dense.directory if k == 0 else None
-      dense_copies = None
+      masks = (yield from self.imp_masks_plan(k)) if self.sparse else {}
+      # (network, round, mask, the first copy's existing directory, whether the pairs are needed)
+      pieces = []
       if "dense" in self.lmc.networks or self.sparse:
-        dense_copies = self._copies_or_first(k, "dense", 0, theta_k, setup.dense.mask,
-                                             first_dense, need_pairs="dense" in self.lmc.networks)
-      if "dense" in self.lmc.networks:
-        rows.append(self._row(k, "dense", 0, setup.dense.mask, theta_k, dense_copies, None))
-        self._write(rows)
-      if not self.sparse:
-        continue
-      masks = self.imp_masks(k)
-      for round_index in self.rounds:
+        pieces.append(("dense", 0, setup.dense.mask, setup.dense.directory if k == 0 else None,
+                       "dense" in self.lmc.networks))
+      for round_index in self.rounds if self.sparse else ():
         imp_mask = masks[round_index]
         if "imp" in self.lmc.networks:
           first = None
           if self._mask_step(k) == k:  # IMP's round run is this subnetwork's first copy
             first = os.path.join(imp_lib.round_dir(self.imp_workdir(k), round_index, "rewind"),
                                  "train")
-          copies = self._copies_or_first(k, "imp", round_index, theta_k, imp_mask, first)
-          rows.append(self._row(k, "imp", round_index, imp_mask, theta_k, copies, dense_copies[0]))
-          self._write(rows)
+          pieces.append(("imp", round_index, imp_mask, first, True))
         if "random" in self.lmc.networks:
-          mask = self.random_mask(k, round_index, imp_mask)
-          copies = self._copies_or_first(k, "random", round_index, theta_k, mask, None)
-          rows.append(self._row(k, "random", round_index, mask, theta_k, copies, dense_copies[0]))
-          self._write(rows)
+          pieces.append(("random", round_index, self.random_mask(k, round_index, imp_mask), None,
+                         True))
+      runs = [self._copy_runs(k, network, round_index, theta_k, mask, first, need_pairs)
+              for network, round_index, mask, first, need_pairs in pieces]
+      results = yield [batch_lib.Job(setup.trainer, run) for copies in runs for run in copies]
+      position, dense_first = 0, None
+      for (network, round_index, mask, _, _), copies in zip(pieces, runs):
+        trained = results[position:position + len(copies)]
+        position += len(copies)
+        if network == "dense":
+          dense_first = trained[0]
+          if "dense" not in self.lmc.networks:
+            continue
+        rows.append(self._row(k, network, round_index, mask, theta_k, trained,
+                              None if network == "dense" else dense_first))
+        self._write(rows)
+    return rows
 
+  def report(self, rows: list[dict]) -> None:
+    """``lmc_summary.json``, the plots and the terminal table of this experiment's ``rows``."""
     summary = self._summary(rows)
     _write_json(os.path.join(self.workdir, "lmc_summary.json"), summary)
     if jax.process_index() == 0:
       plots.write_lmc_plots(self.workdir, rows, summary, title=self._title(),
                             threshold=float(self.lmc.stable_threshold))
     print(format_lmc_table(rows, summary, title=self._title()), flush=True)
-    log.info("lmc finished in %.1f s (this invocation); results in %s", time.time() - start,
-             os.path.join(self.workdir, "results.json"))
-    return rows
 
   def _title(self) -> str:
     return f"{self.config.model.name} on {self.config.data.name}"
 
-  def _copies_or_first(self, k, network, round_index, theta_k, mask, first_directory,
-                       need_pairs: bool = True) -> list[loop.RunResult]:
-    """The copies of one (k, network, round) — only the first one if the pairs are not needed
-    (the dense first copy is the reference of the pruning stability)."""
+  def _copy_runs(self, k, network, round_index, theta_k, mask, first_directory,
+                 need_pairs: bool = True) -> list[loop.Run]:
+    """The copies of one (k, network, round): the first one (config seeds; in
+    ``first_directory`` if that run exists already) and one per ``lmc.pair_seeds`` entry — only
+    the first if the pairs are not needed (the dense first copy is the reference of the pruning
+    stability)."""
     directory = self._row_dir(k, network, round_index)
     name = os.path.relpath(directory, self.workdir)
-    if need_pairs:
-      return _train_copies(self.setup, name, directory, theta_k, mask, k, first_directory)
     seeds = self.config.seeds
-    run_dir = first_directory or os.path.join(directory, f"order_{seeds.data_order}")
-    run = _copy_run(self.setup, f"{name}/order_{seeds.data_order}", run_dir, theta_k, mask, k,
-                    seeds.data_order, seeds.augment)
-    return [self.setup.trainer.train(run)]
+    specs = [(first_directory or os.path.join(directory, f"order_{seeds.data_order}"),
+              seeds.data_order, seeds.augment)]
+    if need_pairs:
+      specs += [(os.path.join(directory, f"order_{s}"), s, s) for s in self.lmc.pair_seeds]
+    return [_copy_run(self.setup, f"{name}/order_{data_seed}", run_dir, theta_k, mask, k,
+                      data_seed, augment_seed) for run_dir, data_seed, augment_seed in specs]
 
   def _row(self, k: int, network: str, round_index: int, mask: Any, theta_k: Model,
            copies: list[loop.RunResult], dense_first: loop.RunResult | None) -> dict:
@@ -419,7 +440,8 @@ class LMCExperiment:
       if "random" in self.lmc.networks:
         k, round_index = self.ks[0], self.rounds[-1]
         names.append(f"random r{round_index}")
-        masks.append(self.random_mask(k, round_index, self.imp_masks(k)[round_index]))
+        masks.append(self.random_mask(
+            k, round_index, self._imp_masks[self._mask_step(k)][round_index]))
       overlap = correlation.pairwise_mask_overlap(masks, self.setup.prunable)
       summary["mask_overlap"] = {"names": names, "jaccard": overlap["jaccard"].tolist(),
                                  "hamming": overlap["hamming"].tolist()}
