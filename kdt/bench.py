@@ -98,6 +98,8 @@ class Settings:
     ticket_batch_size: batch size of each ticket.
     ticket_steps: timed rounds of the ``tickets`` section.
     ticket_strategies: strategies timed (``"lax_map"`` too if listed; it is slowest on CPU).
+    ticket_budget_s: the ``tickets`` section starts no new (model, K) group once it has run this
+      long (0 = no limit); the groups left out are listed in the JSON and the table.
     ticket_quickstart_replicates: R of the quickstart timed with ``replicates=R`` against R
       single-replicate commands (0 = skip).
     quickstart_overrides: config overrides for the ``pipeline`` section (empty = the quickstart).
@@ -124,14 +126,19 @@ class Settings:
   ticket_batch_size: int = 128
   ticket_steps: int = 20
   ticket_strategies: tuple[str, ...] = ("vmap", "shard_map", "sequential")
+  ticket_budget_s: float = 0.0
   ticket_quickstart_replicates: int = 3
   quickstart_overrides: tuple[tuple[str, Any], ...] = ()
   matmul_size: int = 2048
 
 
 FULL = Settings()
-DEVICE = Settings(ticket_strategies=("vmap", "sequential", "lax_map"), ticket_quickstart_replicates=0)
-"""``--device``: the tickets section on an accelerator (one command, a few minutes on one GPU)."""
+DEVICE = Settings(ticket_models=("resnet20", "lenet_300_100"),
+                  ticket_strategies=("vmap", "sequential", "lax_map"), ticket_budget_s=360.0,
+                  ticket_quickstart_replicates=0)
+"""``--device``: the tickets section on an accelerator, one command under 8 minutes on one GPU:
+ResNet-20 first (the K = 8 vs K = 1 goal), and no group starts after 6 minutes (compiles of the
+larger K's dominate there), so the JSON is always written."""
 QUICK = Settings(
     models=("lenet_300_100",), lever_models=("lenet_300_100",), loop_models=("lenet_300_100",),
     loop_chunks=20, loop_examples=2_000, ticket_models=("lenet_300_100",), ticket_counts=(1, 2),
@@ -880,16 +887,26 @@ def quickstart_replicates(replicates: int, log: Callable[[str], None],
 def section_tickets(settings: Settings, log: Callable[[str], None]) -> dict:
   """Many tickets at once: per model and K, every strategy's ticket-images/s relative to K = 1
   and to sequential, and the memory of its program; then the quickstart with replicates."""
-  out = {"batch_size_per_ticket": settings.ticket_batch_size, "models": {}}
+  out = {"batch_size_per_ticket": settings.ticket_batch_size, "models": {}, "skipped": []}
+  start = time.perf_counter()
   for name in settings.ticket_models:
-    groups = {k: ticket_group(name, k, settings, log) for k in settings.ticket_counts}
+    groups = {}
+    for k in settings.ticket_counts:
+      elapsed = time.perf_counter() - start
+      if settings.ticket_budget_s and elapsed >= settings.ticket_budget_s:
+        log(f"[tickets] {name} K={k}: skipped, the section has run {elapsed:.0f} s of its "
+            f"{settings.ticket_budget_s:.0f} s budget")
+        out["skipped"].append(f"{name} K={k}")
+        continue
+      groups[k] = ticket_group(name, k, settings, log)
     base = groups.get(1)
     for group in groups.values():
       group["throughput_vs_k1"] = (
           {s: c["images_per_s"] / base["contenders"][s]["images_per_s"]
            for s, c in group["contenders"].items() if s in base["contenders"]} if base else {})
       group.pop("times")
-    out["models"][name] = {f"K={k}": g for k, g in groups.items()}
+    if groups:
+      out["models"][name] = {f"K={k}": g for k, g in groups.items()}
   if settings.ticket_quickstart_replicates:
     out["quickstart"] = quickstart_replicates(settings.ticket_quickstart_replicates, log)
   return out
@@ -1071,6 +1088,8 @@ def format_table(results: dict) -> str:
                      + f", {g['contenders'][s]['images_per_s']:.0f} img/s"
                      + f", {g['memory_bytes'].get(s, 0) / 2**20:.0f} MiB")
       lines.append(f"| {k[2:]} | " + " | ".join(cells) + f" | {g['auto_choice']} |")
+  if tickets.get("skipped"):
+    lines += ["", f"Not measured (the section's time budget ran out): {', '.join(tickets['skipped'])}."]
   quick = tickets.get("quickstart")
   if quick:
     lines += ["", f"**Quickstart with replicates={quick['replicates']}**: "

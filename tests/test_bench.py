@@ -7,6 +7,7 @@ weights (forward pass and one masked KD SGD step). PyTorch is the ``bench`` extr
 are skipped without it.
 """
 
+import dataclasses
 import functools
 import json
 import math
@@ -113,6 +114,20 @@ def test_tiny_run_writes_every_section(tmp_path):
   table = bench.format_table(results)
   assert "| lenet_300_100 (1 dev) | masked_kd |" in table and "Quickstart IMP" in table
   assert "K tickets at once: lenet_300_100" in table
+
+
+def test_tickets_section_stops_starting_groups_when_its_budget_is_spent(tmp_path):
+  """``--device`` must finish in its slot: past ``ticket_budget_s`` no (model, K) group starts,
+  and the JSON and table say which were left out."""
+  budget = dataclasses.replace(TINY, ticket_budget_s=1e-9, ticket_counts=(1, 2))
+  messages = []
+  out = bench.section_tickets(budget, messages.append)
+  assert out["skipped"] == ["lenet_300_100 K=1", "lenet_300_100 K=2"] and out["models"] == {}
+  assert any("skipped, the section has run" in m for m in messages)
+  assert bench.DEVICE.ticket_budget_s and bench.DEVICE.ticket_models[0] == "resnet20"
+  results = {"environment": bench.environment(), "tickets": out, "load_average_end": [0.0]}
+  assert "Not measured (the section's time budget ran out): lenet_300_100 K=1" in \
+      bench.format_table(results)
 
 
 @pytest.mark.skipif(not os.environ.get("KDT_SLOW_TESTS"),
