@@ -283,3 +283,43 @@ def test_shard_map_over_three_devices_equals_one_by_one(tmp_path, reference):
   assert len(got) == len(want)
   for g, w in zip(got, want):
     np.testing.assert_allclose(g, w, rtol=0, atol=1e-6)
+
+
+def test_together_advances_plans_in_lockstep_and_returns_each_value():
+  """``together`` yields every pending plan's jobs as one batch and hands each plan its share of
+  the results; a plan that finishes early drops out; ``drive`` runs it."""
+  def plan(name, steps):
+    got = []
+    for step in range(steps):
+      (result,) = yield [f"{name}{step}"]
+      got.append(result)
+    return got
+
+  batches = []
+
+  def train(jobs):
+    batches.append(list(jobs))
+    return [job.upper() for job in jobs]
+
+  assert batch.drive([plan("a", 2), plan("b", 3)], train) == [["A0", "A1"], ["B0", "B1", "B2"]]
+  assert batches == [["a0", "b0"], ["a1", "b1"], ["b2"]]
+
+  def outer():
+    values = yield from batch.together([plan("c", 1), plan("d", 1)])
+    (last,) = yield ["e0"]
+    return values, last
+
+  assert batch.drive([outer()], train) == [([["C0"], ["D0"]], "E0")]
+
+
+def test_train_jobs_trains_a_run_named_twice_once(tmp_path, caplog):
+  """Plans driven together all ask for the shared dense run first: jobs with the same directory
+  are one run — trained once (not two tickets writing one checkpoint), its result to each."""
+  trainer, make_runs = _setup(num_tickets=2)
+  first, second = make_runs(tmp_path)
+  jobs = [batch.Job(trainer, first), batch.Job(trainer, second), batch.Job(trainer, first)]
+  with caplog.at_level("INFO", logger="kdt.tickets.batch"):
+    results = batch.train_jobs(jobs, strategy="vmap")
+  assert "2 runs together with strategy vmap" in caplog.text
+  assert results[0] is results[2] and results[0] is not results[1]
+  assert int(results[0].state.step) == END_STEP

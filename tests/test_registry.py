@@ -2,6 +2,7 @@
 the allocations, and masks taken at theta_0 by the ``prune_at_init`` experiment."""
 
 import json
+import logging
 import os
 
 import jax
@@ -147,3 +148,31 @@ def test_prune_at_init_masks_are_taken_at_theta_0_and_retrained_alike(tmp_path):
   got = setup.load_mask(imp_lib.round_dir(os.path.join(workdir, "snip"), 2, "lth"))
   for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_prune_at_init_sources_and_replicates_retrain_as_one_batch(tmp_path, caplog):
+  """Round r's re-trainings of IMP's and the scores' masks, of every replicate, are one batch of
+  tickets; the workdir's plot and results hold every replicate."""
+  config = _pai_config()
+  config.imp.num_rounds = 1
+  config.prune_at_init.scores = ("snip",)
+  config.replicates = 2
+  config.tickets.strategy = "vmap"
+  workdir = str(tmp_path / "pai")
+  batch_log = logging.getLogger("kdt.tickets.batch")  # "kdt" does not propagate to the root
+  batch_log.addHandler(caplog.handler)
+  try:
+    with caplog.at_level(logging.INFO, logger="kdt.tickets.batch"):
+      rows = experiments.run(config, workdir)
+  finally:
+    batch_log.removeHandler(caplog.handler)
+  # 2 replicates x (IMP's lth ticket + the SNIP mask's), all from theta_0 over the same steps.
+  assert "4 runs together with strategy vmap" in caplog.text
+  assert [(r["replicate"], r["round"], r["recipe"]) for r in rows] == [
+      (0, 0, "dense"), (0, 1, "lth"), (0, 1, "snip"), (1, 0, "dense"), (1, 1, "lth"),
+      (1, 1, "snip")]
+  with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
+    assert len(json.load(f)) == 6
+  assert os.path.getsize(os.path.join(workdir, "plots", "accuracy_vs_weights.png")) > 10_000
+  for name in ("replicate_00", "replicate_01"):
+    assert os.path.exists(os.path.join(workdir, name, "results.json"))

@@ -7,9 +7,11 @@ the round's density; IMP prunes trained weights round after round. For every sco
 (``imp.prune_at = "init"``, ``pruning_schedule = "oneshot"``, ``prune_at_init.allocation``) at each
 of IMP's round densities and re-trains it with the recipe ``prune_at_init.recipe`` (default
 ``lth``: theta_0, the full schedule) — exactly as IMP's own ``lth`` tickets are re-trained. Each
-variant is :func:`kdt.experiments.imp.run_rounds` on this experiment's Setup with an ``imp`` group
-of its own; they share the dense run (theta_0) and the data order, so the masks are the only
-difference.
+variant is IMP's plan (:meth:`kdt.experiments.imp.IMPRounds.plan`) on this experiment's Setup with
+an ``imp`` group of its own; they share the dense run (theta_0) and the data order, so the masks
+are the only difference. The variants advance together, round by round: round r's re-trainings of
+IMP's mask and of every score's (and of every replicate's, ``config.replicates``) train as one
+batch of tickets (``config.tickets``).
 
 Workdir::
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from typing import Generator, Sequence
 
 import jax
 import ml_collections
@@ -36,6 +39,8 @@ from kdt import fileio
 from kdt import report
 from kdt.experiments import imp as imp_lib
 from kdt.experiments.setup import Setup
+from kdt.tickets import batch as batch_lib
+from kdt.train import loop
 
 log = logging.getLogger(__name__)
 
@@ -55,25 +60,53 @@ def score_group(config: ml_collections.ConfigDict, score: str) -> ml_collections
 
 
 def run(setup: Setup, config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
-  """IMP (if asked), then every score's masks; returns the rows (also in ``results.json``)."""
+  """IMP (if asked) and every score's masks; returns the rows (also in ``results.json``)."""
   start = time.time()
+  (rows,) = batch_lib.drive([plan(setup, config, workdir)], setup.train_jobs)
+  log.info("prune_at_init finished in %.1f s (this invocation); results in %s",
+           time.time() - start, os.path.join(workdir, "results.json"))
+  return rows
+
+
+def run_replicates(setups: Sequence[Setup], config: ml_collections.ConfigDict) -> list[dict]:
+  """Every replicate's plan advanced together (:func:`kdt.tickets.batch.drive`): a round's
+  re-trainings of every mask source and replicate train as one batch of tickets. Returns every
+  replicate's rows, each with its ``replicate``; the workdir's plot shows mean ± std."""
+  del config  # each replicate's Setup holds its own config (its seeds)
+  per_replicate = batch_lib.drive([plan(s, s.config, s.workdir) for s in setups],
+                                  setups[0].train_jobs)
+  rows = [dict(row, replicate=index) for index, replicate_rows in enumerate(per_replicate)
+          for row in replicate_rows]
+  root = os.path.dirname(setups[0].workdir)
+  _write(root, rows, setups[0].title, plots=True)
+  print(report.format_table(rows, title=f"{setups[0].title}: pruning at initialisation vs IMP, "
+                                        f"{len(setups)} replicates"), flush=True)
+  return rows
+
+
+def plan(setup: Setup, config: ml_collections.ConfigDict, workdir: str
+         ) -> Generator[list[batch_lib.Job], list[loop.RunResult], list[dict]]:
+  """The experiment as a coroutine: IMP's rounds (``prune_at_init.compare_imp``) and every
+  score's rounds advanced together (:func:`kdt.tickets.batch.together`), so round r's
+  re-trainings of every mask source — all ``lth`` from theta_0 over the same steps — train as
+  one batch of tickets. Returns the rows: the dense run, IMP's, then each score's."""
   pai = config.prune_at_init
+  sources = ([("imp", config.imp)] if pai.compare_imp else []) + [
+      (score, score_group(config, score)) for score in pai.scores]
+  log.info("[prune_at_init] %s masks at theta_0, re-trained as %s, together with %s",
+           ", ".join(pai.scores), pai.recipe, "IMP" if pai.compare_imp else "nothing else")
+  per_source = yield from batch_lib.together([
+      imp_lib.IMPRounds(setup, group, os.path.join(workdir, name)).plan()
+      for name, group in sources])
   rows: list[dict] = []
-  if pai.compare_imp:
-    rows += imp_lib.run_rounds(setup, config.imp, os.path.join(workdir, "imp"), write_report=False)
-  for score in pai.scores:
-    log.info("[prune_at_init] %s masks at theta_0, re-trained as %s", score, pai.recipe)
-    score_rows = imp_lib.run_rounds(setup, score_group(config, score),
-                                    os.path.join(workdir, score), write_report=False)
+  for (name, _), source_rows in zip(sources, per_source):
     if not rows:
-      rows.append(score_rows[0])  # the dense row
-    rows += [dict(r, recipe=score, retrained_as=r["recipe"]) for r in score_rows[1:]]
-    _write(workdir, rows, setup.title, plots=False)
+      rows.append(source_rows[0])  # the dense row
+    rows += ([dict(r, recipe=name, retrained_as=r["recipe"]) for r in source_rows[1:]]
+             if name != "imp" else source_rows[1:])
   _write(workdir, rows, setup.title, plots=True)
   print(report.format_table(rows, title=f"{setup.title}: pruning at initialisation vs IMP"),
         flush=True)
-  log.info("prune_at_init finished in %.1f s (this invocation); results in %s",
-           time.time() - start, os.path.join(workdir, "results.json"))
   return rows
 
 

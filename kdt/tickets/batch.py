@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from typing import Any, Callable, Generator, NamedTuple, Sequence
 
@@ -364,11 +365,15 @@ def train_jobs(jobs: Sequence[Job], *, strategy: str = "auto",
 
   Jobs of trainers that share compiled steps (copies made by
   :meth:`~kdt.train.loop.Trainer.with_name_prefix`, e.g. one per replicate) train together;
-  others (ToST's tweaked network) in their own groups. Results come back in the jobs' order.
+  others (ToST's tweaked network) in their own groups. Jobs with the same run directory are the
+  same run (the dense run that several plans need first): it trains once and every such job gets
+  its result. Results come back in the jobs' order.
   """
+  first_of: dict[str, int] = {}
   groups: dict[int, list[int]] = {}
   for i, job in enumerate(jobs):
-    groups.setdefault(job.trainer.compile_cache_id, []).append(i)
+    if first_of.setdefault(os.path.normpath(job.run.directory), i) == i:
+      groups.setdefault(job.trainer.compile_cache_id, []).append(i)
   results: list[loop.RunResult | None] = [None] * len(jobs)
   for members in groups.values():
     trainer = jobs[members[0]].trainer.with_name_prefix("")
@@ -376,7 +381,7 @@ def train_jobs(jobs: Sequence[Job], *, strategy: str = "auto",
     for i, result in zip(members, train_runs(trainer, runs, strategy=strategy,
                                              max_per_program=max_per_program)):
       results[i] = result
-  return results
+  return [results[first_of[os.path.normpath(job.run.directory)]] for job in jobs]
 
 
 Plan = Generator[list[Job], list[loop.RunResult], Any]
@@ -384,15 +389,12 @@ Plan = Generator[list[Job], list[loop.RunResult], Any]
 order), and finally returns its own result."""
 
 
-def drive(plans: Sequence[Plan], train: Callable[[list[Job]], list[loop.RunResult]]) -> list:
-  """Advances several plans in lockstep: each step trains every plan's pending jobs together.
+def together(plans: Sequence[Plan]) -> Plan:
+  """One plan made of several advanced in lockstep: each step yields every plan's pending jobs
+  at once (one batch of tickets) and returns each plan's return value, in order.
 
-  Args:
-    plans: started-or-not generators (e.g. one IMP experiment per replicate).
-    train: trains a list of jobs, returning their results in order (:func:`train_jobs`).
-
-  Returns:
-    Each plan's return value, in order.
+  Compose with ``yield from`` (``values = yield from together([...])``) inside a plan, or run with
+  :func:`drive`.
   """
   plans = list(plans)
   returned: list[Any] = [None] * len(plans)
@@ -409,11 +411,29 @@ def drive(plans: Sequence[Plan], train: Callable[[list[Job]], list[loop.RunResul
     advance(index, None)
   while pending:
     order = list(pending)
-    jobs = [job for index in order for job in pending[index]]
-    results = train(jobs)
+    results = yield [job for index in order for job in pending[index]]
     position = 0
     for index in order:
       count = len(pending[index])
       advance(index, results[position:position + count])
       position += count
   return returned
+
+
+def drive(plans: Sequence[Plan], train: Callable[[list[Job]], list[loop.RunResult]]) -> list:
+  """Advances several plans in lockstep: each step trains every plan's pending jobs together.
+
+  Args:
+    plans: started-or-not generators (e.g. one IMP experiment per replicate).
+    train: trains a list of jobs, returning their results in order (:func:`train_jobs`).
+
+  Returns:
+    Each plan's return value, in order.
+  """
+  plan = together(plans)
+  try:
+    jobs = next(plan)
+    while True:
+      jobs = plan.send(train(jobs))
+  except StopIteration as stop:
+    return stop.value
