@@ -26,8 +26,10 @@ Tickets in another basis (``imp.mask_basis``, :mod:`kdt.pruning.basis`): the net
 parametrised by the coefficients c of w = B c, so training, pruning, masks and the reported
 densities are all about coefficients.
 
-Composition: LMC and correlation call :func:`run_rounds` on their own :class:`Setup` with an
-``imp`` group of their own (:func:`imp_group`), not through a sub-config and another driver.
+Composition: other experiments run IMP on their own :class:`Setup` with an ``imp`` group of their
+own (:func:`imp_group`), not through a sub-config and another driver — correlation and dst through
+:func:`run_rounds`; LMC and prune_at_init through :meth:`IMPRounds.plan` inside their own plans
+(``yield from``, :func:`kdt.tickets.batch.together`), so IMP's runs batch with theirs.
 
 A finished run (final checkpoint marked finished) is loaded, never retrained; a saved mask is
 loaded, never recomputed.
