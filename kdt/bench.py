@@ -134,10 +134,10 @@ class Settings:
 
 FULL = Settings()
 DEVICE = Settings(ticket_models=("resnet20", "lenet_300_100"),
-                  ticket_strategies=("vmap", "sequential", "lax_map"), ticket_budget_s=360.0,
+                  ticket_strategies=("vmap", "sequential", "lax_map"), ticket_budget_s=300.0,
                   ticket_quickstart_replicates=0)
 """``--device``: the tickets section on an accelerator, one command under 8 minutes on one GPU:
-ResNet-20 first (the K = 8 vs K = 1 goal), and no group starts after 6 minutes (compiles of the
+ResNet-20 first (the K = 8 vs K = 1 goal), and no group starts after 5 minutes (compiles of the
 larger K's dominate there), so the JSON is always written."""
 QUICK = Settings(
     models=("lenet_300_100",), lever_models=("lenet_300_100",), loop_models=("lenet_300_100",),
